@@ -1,0 +1,41 @@
+# The commands the README tells people to run. Each installs what it needs into .venv first
+# (idempotently: a second run only checks), then does its job.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+QUICKSTART_CONFIG := configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml
+QUICKSTART_OUT ?= output/quickstart
+
+.PHONY: install quickstart test lint format benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt setup.py tools/install_env.sh
+	VENV=$(VENV) bash tools/install_env.sh
+	touch $@
+
+# Train Faster R-CNN R18-FPN on the built-in shapes dataset on the CPU, evaluate it with
+# pycocotools (prints the COCO AP table), and draw the learning curve and detections as PNGs.
+quickstart: install
+	$(PY) tools/train_net.py --config $(QUICKSTART_CONFIG) --visualize 8 OUTPUT_DIR $(QUICKSTART_OUT)
+	@echo "Learning curve: $(QUICKSTART_OUT)/learning_curve.png  detections: $(QUICKSTART_OUT)/detections.png"
+
+test: install
+	$(PY) -m ruff check resnet_backbones tools tests
+	$(PY) -m ruff format --check resnet_backbones tools tests
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(PY) -m ruff check resnet_backbones tools tests
+	$(PY) -m ruff format --check resnet_backbones tools tests
+
+format: install
+	$(PY) -m ruff format resnet_backbones tools tests
+	$(PY) -m ruff check --fix resnet_backbones tools tests
+
+# Our default R-101 against detectron2's own, timed in one process (see tools/benchmark_backbone.py).
+benchmark: install
+	$(PY) tools/benchmark_backbone.py
+
+clean:
+	rm -rf output

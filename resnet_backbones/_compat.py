@@ -1,0 +1,103 @@
+"""A stand-in for ``detectron2._C`` where detectron2 was built without its compiled ops.
+
+detectron2 imports ``detectron2._C`` at module level in four places (deformable conv, rotated
+RoIAlign, rotated boxes and the fast COCO evaluator), so without the extension nothing under
+``detectron2.layers`` imports at all, although Faster R-CNN itself needs none of those ops:
+its RoIAlign and NMS come from torchvision. Registering this module as ``detectron2._C`` *before*
+detectron2's layers are imported makes detectron2 importable; any op that really needs the
+compiled code raises :class:`CompiledOpUnavailable`, naming the op and what to use instead.
+
+Where the real extension imports, it is left alone and this module is never registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import types
+
+__all__ = ["CompiledOpUnavailable", "install_c_stand_in", "uses_c_stand_in"]
+
+logger = logging.getLogger(__name__)
+
+STAND_IN_NAME = "resnet_backbones stand-in for detectron2._C"
+
+# Op-name prefix -> what to use instead. Op names are those that detectron2 v0.6 calls on ``_C``.
+_ALTERNATIVES: dict[str, str] = {
+    "deform_conv": "use torchvision.ops.deform_conv2d, which runs on CPU and GPU",
+    "modulated_deform_conv": "use torchvision.ops.deform_conv2d with a mask, which runs on CPU and GPU",
+    "roi_align_rotated": "rotated boxes need detectron2 built from source with its compiled ops",
+    "nms_rotated": "rotated boxes need detectron2 built from source with its compiled ops",
+    "box_iou_rotated": "rotated boxes need detectron2 built from source with its compiled ops",
+    "COCOeval": "construct COCOEvaluator(..., use_fast_impl=False), which runs plain pycocotools",
+    "InstanceAnnotation": "construct COCOEvaluator(..., use_fast_impl=False), which runs plain pycocotools",
+    "ImageEvaluation": "construct COCOEvaluator(..., use_fast_impl=False), which runs plain pycocotools",
+}
+
+
+class CompiledOpUnavailable(RuntimeError):
+    """Raised when code calls an op of ``detectron2._C`` that the stand-in cannot provide."""
+
+
+def _alternative(op: str) -> str:
+    for prefix, advice in _ALTERNATIVES.items():
+        if op.startswith(prefix):
+            return advice
+    return "install detectron2 from source with its compiled ops (see detectron2's INSTALL.md)"
+
+
+class _StandInModule(types.ModuleType):
+    """Module whose every unknown attribute is an op that raises a clear error when called."""
+
+    def __getattr__(self, op: str):
+        if op.startswith("__"):  # keep Python's protocol lookups (e.g. __path__) honest
+            raise AttributeError(op)
+
+        def unavailable(*args, **kwargs):
+            raise CompiledOpUnavailable(
+                f"detectron2 op '{op}' needs detectron2's compiled extension (detectron2._C), "
+                f"which is not installed here; {_alternative(op)}."
+            )
+
+        unavailable.__name__ = op
+        return unavailable
+
+    # detectron2.utils.collect_env reports these; they must not raise.
+    @staticmethod
+    def get_compiler_version() -> str:
+        return f"none ({STAND_IN_NAME})"
+
+    @staticmethod
+    def get_cuda_version() -> str:
+        return f"none ({STAND_IN_NAME})"
+
+    @staticmethod
+    def has_cuda() -> bool:
+        return False
+
+
+def uses_c_stand_in() -> bool:
+    """Whether ``detectron2._C`` is this module's stand-in rather than the compiled extension."""
+    return isinstance(sys.modules.get("detectron2._C"), _StandInModule)
+
+
+def install_c_stand_in() -> bool:
+    """Registers the stand-in as ``detectron2._C`` unless the compiled extension imports.
+
+    Returns:
+        True if the stand-in is (now) in use, False if the real extension is.
+    """
+    if uses_c_stand_in():
+        return True
+    try:
+        importlib.import_module("detectron2._C")
+        return False
+    except ImportError as e:
+        logger.debug("detectron2._C unavailable (%s); using %s", e, STAND_IN_NAME)
+    import detectron2
+
+    stand_in = _StandInModule("detectron2._C", doc=STAND_IN_NAME)
+    sys.modules["detectron2._C"] = stand_in
+    detectron2._C = stand_in
+    return True

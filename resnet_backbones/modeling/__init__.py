@@ -1,0 +1,30 @@
+"""Models of resnet_backbones; importing this registers the backbones and heads in detectron2."""
+
+from .backbone import (
+    ResNetFamily,
+    build_res5_head,
+    build_resnet_family_backbone,
+    build_resnet_family_fpn_backbone,
+    build_resnet_family_retinanet_fpn_backbone,
+)
+from .layers import BLOCK_CLASSES, STEM_CLASSES, make_stage
+from .roi_heads import Res5FamilyROIHeads
+from .spec import DEPTHS, BlockOptions, ResNetSpec, StageSpec, resnet_spec, spec_from_config
+
+__all__ = [
+    "BLOCK_CLASSES",
+    "DEPTHS",
+    "STEM_CLASSES",
+    "BlockOptions",
+    "Res5FamilyROIHeads",
+    "ResNetFamily",
+    "ResNetSpec",
+    "StageSpec",
+    "build_res5_head",
+    "build_resnet_family_backbone",
+    "build_resnet_family_fpn_backbone",
+    "build_resnet_family_retinanet_fpn_backbone",
+    "make_stage",
+    "resnet_spec",
+    "spec_from_config",
+]

@@ -1,0 +1,117 @@
+"""Pictures a person would rather look at than read: learning curves and detections."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["draw_detections", "plot_learning_curve", "read_metrics"]
+
+LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
+
+
+def read_metrics(metrics_json: str) -> list[dict]:
+    """The records of detectron2's ``metrics.json`` (one JSON object per line)."""
+    records = []
+    with open(metrics_json) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                records.append(json.loads(line))
+    return records
+
+
+def plot_learning_curve(metrics_json: str, out_png: str, title: str = "") -> str:
+    """Plots the training losses (and learning rate, and box AP where evaluated) per iteration."""
+    records = read_metrics(metrics_json)
+    train = [r for r in records if "total_loss" in r]
+    evals = [r for r in records if "bbox/AP" in r]
+    if not train:
+        raise ValueError(f"{metrics_json} has no training records (no 'total_loss')")
+    fig, (ax_loss, ax_lr) = plt.subplots(
+        2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    iters = [r["iteration"] + 1 for r in train]
+    for key in LOSS_KEYS:
+        if key in train[0]:
+            ax_loss.plot(
+                iters, [r[key] for r in train], label=key, lw=2 if key == "total_loss" else 1
+            )
+    ax_loss.set_ylabel("loss (median of the logging window)")
+    ax_loss.set_yscale("log")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend(loc="upper right", fontsize=8)
+    if evals:
+        ax_ap = ax_loss.twinx()
+        ax_ap.plot(
+            [r["iteration"] + 1 for r in evals],
+            [r["bbox/AP"] for r in evals],
+            "ko-",
+            label="box AP",
+        )
+        ax_ap.set_ylabel("box AP (val)")
+        for r in evals:
+            ax_ap.annotate(
+                f"{r['bbox/AP']:.1f}",
+                (r["iteration"] + 1, r["bbox/AP"]),
+                textcoords="offset points",
+                xytext=(-10, 6),
+            )
+        ax_ap.legend(loc="center right", fontsize=8)
+    if "lr" in train[0]:
+        ax_lr.plot(iters, [r["lr"] for r in train], color="tab:gray")
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_xlabel("iteration")
+    ax_lr.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def draw_detections(
+    predictor,
+    dataset_dicts: Sequence[dict],
+    metadata,
+    out_png: str,
+    score_thresh: float = 0.5,
+    columns: int = 4,
+) -> str:
+    """Draws ``predictor``'s detections (and the ground truth, thin) on images into a grid PNG."""
+    from detectron2.data.detection_utils import read_image
+    from detectron2.utils.visualizer import Visualizer
+
+    tiles = []
+    for record in dataset_dicts:
+        image = read_image(record["file_name"], format="RGB")
+        instances = predictor(image[:, :, ::-1])["instances"].to("cpu")
+        instances = instances[instances.scores >= score_thresh]
+        vis = Visualizer(image, metadata, scale=1.0)
+        for ann in record.get("annotations", []):
+            from detectron2.structures import BoxMode
+
+            box = BoxMode.convert(ann["bbox"], ann["bbox_mode"], BoxMode.XYXY_ABS)
+            vis.draw_box(box, edge_color="white", line_style="--", alpha=0.8)
+        tiles.append(vis.draw_instance_predictions(instances).get_image())
+    height = max(t.shape[0] for t in tiles)
+    width = max(t.shape[1] for t in tiles)
+    rows = (len(tiles) + columns - 1) // columns
+    grid = np.full((rows * height, columns * width, 3), 255, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        grid[r * height : r * height + tile.shape[0], c * width : c * width + tile.shape[1]] = tile
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    Image.fromarray(grid).save(out_png)
+    return out_png

@@ -1,0 +1,144 @@
+"""With default keys, our backbone and C4 head are detectron2's: same parameter names and shapes,
+the same features and the same detections once the weights are copied across."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+
+from resnet_backbones import add_resnet_backbones_config
+from resnet_backbones.data.shapes import SPLITS, generate_image
+
+# Our registered names -> detectron2's built-in ones, per detector form.
+BUILTIN = {
+    "C4": {"MODEL.BACKBONE.NAME": "build_resnet_backbone", "MODEL.ROI_HEADS.NAME": "Res5ROIHeads"},
+    "DilatedC5": {"MODEL.BACKBONE.NAME": "build_resnet_backbone"},
+    "FPN": {"MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
+}
+
+
+def _config(cfg, form, depth):
+    cfg.merge_from_file(f"configs/Base-RCNN-{form}.yaml")
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.INPUT.MIN_SIZE_TEST = 224
+    cfg.INPUT.MAX_SIZE_TEST = 320
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 200
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random weights: keep every detection
+    return cfg
+
+
+def _fresh_cfg():
+    c = get_cfg()
+    add_resnet_backbones_config(c)
+    c.MODEL.DEVICE = "cpu"
+    return c
+
+
+def _randomize_frozen_bn(model):
+    """FrozenBN starts as the identity; random statistics make the comparison meaningful."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            c = m.weight.numel()
+            m.weight.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
+            m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
+
+
+def _image():
+    image, _ = generate_image(SPLITS["val"], 1, 3)
+    bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
+    return {"image": torch.as_tensor(bgr.transpose(2, 0, 1).copy()), "height": 256, "width": 256}
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+@pytest.mark.parametrize("form", ["C4", "DilatedC5", "FPN"])
+def test_same_parameters_features_and_detections_as_detectron2(cfg, form, depth):
+    ours_cfg = _config(cfg, form, depth)
+    builtin_cfg = ours_cfg.clone()
+    builtin_cfg.merge_from_list([x for kv in BUILTIN[form].items() for x in kv])
+
+    reference = build_model(builtin_cfg).eval()
+    _randomize_frozen_bn(reference)
+    ours = build_model(ours_cfg).eval()
+    assert type(ours.backbone) is not type(reference.backbone)
+
+    ref_state, our_state = reference.state_dict(), ours.state_dict()
+    assert {k: v.shape for k, v in our_state.items()} == {k: v.shape for k, v in ref_state.items()}
+    ours.load_state_dict(ref_state, strict=True)
+
+    inputs = [_image()]
+    with torch.no_grad():
+        images = reference.preprocess_image(inputs)
+        ref_features = reference.backbone(images.tensor)
+        our_features = ours.backbone(images.tensor)
+        ref_out = reference(inputs)[0]["instances"]
+        our_out = ours(inputs)[0]["instances"]
+
+    assert list(our_features) == list(ref_features)
+    for name in ref_features:
+        assert torch.isfinite(ref_features[name]).all()
+        assert torch.equal(our_features[name], ref_features[name]), name
+    assert len(ref_out) > 0
+    assert torch.equal(our_out.pred_boxes.tensor, ref_out.pred_boxes.tensor)
+    assert torch.equal(our_out.scores, ref_out.scores)
+    assert torch.equal(our_out.pred_classes, ref_out.pred_classes)
+
+
+def _to_caffe2_names(backbone_state):
+    """Names of the MSRA/Caffe2 ImageNet .pkl files (res2_0_branch2a_w ...) for a ResNet state."""
+    blobs = {}
+    suffix = {"weight": "w", "norm.weight": "bn_s", "norm.bias": "bn_b"}
+    layer = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c", "shortcut": "branch1"}
+    for name, tensor in backbone_state.items():
+        parts = name.split(".")
+        if parts[-1] in ("running_mean", "running_var"):
+            continue  # MSRA files hold the affine scale and bias only
+        if parts[0] == "stem":
+            rest = ".".join(parts[2:])
+            c2 = "conv1_w" if rest == "weight" else "res_conv1_" + suffix[rest]
+        else:
+            stage, block, conv, rest = parts[0], parts[1], parts[2], ".".join(parts[3:])
+            c2 = f"{stage}_{block}_{layer[conv]}_{suffix[rest]}"
+        blobs[c2] = tensor.numpy()
+    return blobs
+
+
+def test_msra_pkl_and_detectron2_pkl_load_unchanged(cfg, tmp_path):
+    """An MSRA ImageNet .pkl (Caffe2 names) and a detectron2 model_final .pkl (numpy arrays under
+    "model") load through detectron2's own checkpointer into our default R-50 models."""
+    _config(cfg, "FPN", 50)
+    ours = build_model(cfg).eval()
+    source = build_model(cfg).eval()
+    _randomize_frozen_bn(source)
+    bottom_up = source.backbone.bottom_up.state_dict()
+
+    msra = tmp_path / "R-50.pkl"
+    with open(msra, "wb") as f:
+        pickle.dump(_to_caffe2_names(bottom_up), f)
+    DetectionCheckpointer(ours).load(str(msra))
+    loaded = ours.backbone.bottom_up.state_dict()
+    for name, tensor in bottom_up.items():
+        if not name.endswith(("running_mean", "running_var")):
+            assert torch.equal(loaded[name], tensor), name
+
+    c4 = _config(_fresh_cfg(), "C4", 50)
+    for form_cfg in (cfg, c4):
+        source = build_model(form_cfg).eval()
+        _randomize_frozen_bn(source)
+        final = tmp_path / "model_final_test.pkl"
+        with open(final, "wb") as f:
+            state = {k: v.numpy() for k, v in source.state_dict().items()}
+            pickle.dump({"model": state, "__author__": "test"}, f)
+        target = build_model(form_cfg).eval()
+        DetectionCheckpointer(target).load(str(final))
+        for name, tensor in source.state_dict().items():
+            assert torch.equal(target.state_dict()[name], tensor), name
+        if form_cfg is c4:
+            assert any(k.startswith("roi_heads.res5.0.conv1") for k in state)
