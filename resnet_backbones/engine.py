@@ -69,8 +69,8 @@ def check_datasets(names: Sequence[str]) -> None:
                 f"{', '.join(sorted(registered)[:40])} ..."
             )
         meta = MetadataCatalog.get(name)
-        if name.startswith("shapes_"):
-            continue  # generated on first use
+        if getattr(meta, "generated_on_first_use", False):
+            continue
         missing = [
             path
             for path in (getattr(meta, "json_file", None), getattr(meta, "image_root", None))

@@ -47,32 +47,27 @@ def plot_learning_curve(metrics_json: str, out_png: str, title: str = "") -> str
     ax_loss.set_ylabel("loss (median of the logging window)")
     ax_loss.set_yscale("log")
     ax_loss.grid(alpha=0.3)
-    ax_loss.legend(loc="upper right", fontsize=8)
+    handles, labels = ax_loss.get_legend_handles_labels()
     if evals:
         ax_ap = ax_loss.twinx()
-        ax_ap.plot(
-            [r["iteration"] + 1 for r in evals],
-            [r["bbox/AP"] for r in evals],
-            "ko-",
-            label="box AP",
-        )
-        ax_ap.set_ylabel("box AP (val)")
-        for r in evals:
-            ax_ap.annotate(
-                f"{r['bbox/AP']:.1f}",
-                (r["iteration"] + 1, r["bbox/AP"]),
-                textcoords="offset points",
-                xytext=(-10, 6),
-            )
-        ax_ap.legend(loc="center right", fontsize=8)
+        ap_iters = [r["iteration"] + 1 for r in evals]
+        ap_values = [r["bbox/AP"] for r in evals]
+        (line,) = ax_ap.plot(ap_iters, ap_values, "ko-", label="box AP (val)")
+        for x, y in zip(ap_iters, ap_values):
+            ax_ap.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(-12, 7))
+        ax_ap.set_ylim(0, 100)
+        ax_ap.set_ylabel("box AP@[.5:.95] on the test set")
+        handles.append(line)
+        labels.append(line.get_label())
+    fig.legend(handles, labels, loc="upper center", fontsize=8, ncol=4, frameon=False)
     if "lr" in train[0]:
         ax_lr.plot(iters, [r["lr"] for r in train], color="tab:gray")
     ax_lr.set_ylabel("lr")
     ax_lr.set_xlabel("iteration")
     ax_lr.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        ax_loss.set_title(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=100)
     plt.close(fig)

@@ -8,9 +8,12 @@ os.environ.setdefault("RESNET_BACKBONES_CACHE", tempfile.mkdtemp(prefix="resnet_
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import resnet_backbones  # noqa: E402, F401  (before detectron2: installs the _C stand-in)
+
+# isort: split
 from detectron2.config import get_cfg  # noqa: E402
 
-import resnet_backbones  # noqa: E402, F401
 from resnet_backbones import add_resnet_backbones_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

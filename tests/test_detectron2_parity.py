@@ -9,9 +9,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d
-from detectron2.modeling import build_model
+from detectron2.modeling import ResNet, build_model
 
-from resnet_backbones import add_resnet_backbones_config
+from resnet_backbones import ResNetFamily, add_resnet_backbones_config
 from resnet_backbones.data.shapes import SPLITS, generate_image
 
 # Our registered names -> detectron2's built-in ones, per detector form.
@@ -67,7 +67,10 @@ def test_same_parameters_features_and_detections_as_detectron2(cfg, form, depth)
     reference = build_model(builtin_cfg).eval()
     _randomize_frozen_bn(reference)
     ours = build_model(ours_cfg).eval()
-    assert type(ours.backbone) is not type(reference.backbone)
+    assert isinstance(getattr(ours.backbone, "bottom_up", ours.backbone), ResNetFamily)
+    assert isinstance(getattr(reference.backbone, "bottom_up", reference.backbone), ResNet)
+    if form == "C4":
+        assert type(ours.roi_heads).__name__ == "Res5FamilyROIHeads"
 
     ref_state, our_state = reference.state_dict(), ours.state_dict()
     assert {k: v.shape for k, v in our_state.items()} == {k: v.shape for k, v in ref_state.items()}
@@ -142,3 +145,42 @@ def test_msra_pkl_and_detectron2_pkl_load_unchanged(cfg, tmp_path):
             assert torch.equal(target.state_dict()[name], tensor), name
         if form_cfg is c4:
             assert any(k.startswith("roi_heads.res5.0.conv1") for k in state)
+
+
+@pytest.mark.parametrize(
+    "ours, builtin, levels",
+    [
+        (
+            "build_resnet_family_fpn_backbone",
+            "build_resnet_fpn_backbone",
+            ["p2", "p3", "p4", "p5", "p6"],
+        ),
+        (
+            "build_resnet_family_retinanet_fpn_backbone",
+            "build_retinanet_resnet_fpn_backbone",
+            ["p3", "p4", "p5", "p6", "p7"],
+        ),
+    ],
+)
+def test_fpn_backbones_equal_detectron2(cfg, ours, builtin, levels):
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    cfg.MODEL.RESNETS.DEPTH = 50
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    if "retinanet" in ours:
+        cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+        cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    else:
+        cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    reference = BACKBONE_REGISTRY.get(builtin)(cfg, ShapeSpec(channels=3)).eval()
+    _randomize_frozen_bn(reference)
+    model = BACKBONE_REGISTRY.get(ours)(cfg, ShapeSpec(channels=3)).eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert model.output_shape() == reference.output_shape()
+    assert list(model.output_shape()) == levels
+    x = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        expected, actual = reference(x), model(x)
+    for name in levels:
+        assert torch.equal(actual[name], expected[name]), name

@@ -17,11 +17,16 @@ import statistics
 import time
 
 import torch
+
+# Before anything from detectron2: registers our models and, where detectron2 was built
+# without its compiled ops, the stand-in for detectron2._C that its layers import.
+import resnet_backbones  # noqa: F401
+
+# isort: split
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-import resnet_backbones  # noqa: F401
 from resnet_backbones import add_resnet_backbones_config, build_resnet_family_backbone
 
 

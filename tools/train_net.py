@@ -18,6 +18,12 @@ import os
 import sys
 
 import torch
+
+# Before anything from detectron2: registers our models and, where detectron2 was built
+# without its compiled ops, the stand-in for detectron2._C that its layers import.
+import resnet_backbones  # noqa: F401
+
+# isort: split
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor, default_argument_parser, default_setup, launch
@@ -25,7 +31,6 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-import resnet_backbones  # noqa: F401  (registers backbones, heads and datasets)
 from resnet_backbones.engine import Trainer, check_datasets, load_config, use_cpu_if_no_cuda
 from resnet_backbones.visualize import draw_detections, plot_learning_curve
 
@@ -42,12 +47,14 @@ def setup(args):
     return cfg
 
 
-def write_pictures(cfg, model, num_images: int) -> None:
+def write_pictures(cfg, model, num_images: int, title: str = "") -> None:
     """Learning curve of this run, and detections on the first test images."""
     metrics = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
     if os.path.isfile(metrics):
         try:
-            out = plot_learning_curve(metrics, os.path.join(cfg.OUTPUT_DIR, "learning_curve.png"))
+            out = plot_learning_curve(
+                metrics, os.path.join(cfg.OUTPUT_DIR, "learning_curve.png"), title=title
+            )
             logger.info("Wrote the learning curve to %s", out)
         except ValueError as e:
             logger.warning("No learning curve: %s", e)
@@ -74,14 +81,14 @@ def main(args):
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
-            write_pictures(cfg, model, args.visualize)
+            write_pictures(cfg, model, args.visualize, os.path.basename(args.config_file))
         return results
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
     if comm.is_main_process():
-        write_pictures(cfg, trainer.model, args.visualize)
+        write_pictures(cfg, trainer.model, args.visualize, os.path.basename(args.config_file))
     return results
 
 

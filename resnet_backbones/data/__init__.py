@@ -34,6 +34,7 @@ def register_shapes() -> None:
             json_file=str(root / "annotations.json"),
             image_root=str(root / "images"),
             evaluator_type="coco",
+            generated_on_first_use=True,
         )
 
 

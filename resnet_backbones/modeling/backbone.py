@@ -156,12 +156,10 @@ def build_res5_head(spec: ResNetSpec) -> tuple[nn.Sequential, int]:
 @BACKBONE_REGISTRY.register()
 def build_resnet_family_backbone(cfg, input_shape: ShapeSpec) -> ResNetFamily:
     """res2..res5 of the network described by ``cfg.MODEL.RESNETS``."""
-    freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
-    check_choice("MODEL.BACKBONE.FREEZE_AT", freeze_at, FREEZE_AT_VALUES)
     return ResNetFamily(
         spec_for_build(cfg),
         out_features=cfg.MODEL.RESNETS.OUT_FEATURES,
-        freeze_at=freeze_at,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         in_channels=input_shape.channels,
     )
 
