@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 
@@ -155,3 +156,19 @@ def test_command_line_flags():
         train_net.parse_args([])
     with pytest.raises(FileNotFoundError, match="config file not found: 'missing.yaml'"):
         load_config("missing.yaml")
+
+
+def test_optimizer_choice():
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    cfg = load_config(QUICKSTART)
+    assert cfg.SOLVER.OPTIMIZER == "AdamW"
+    assert isinstance(Trainer.build_optimizer(cfg, model), torch.optim.AdamW)
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    assert isinstance(Trainer.build_optimizer(cfg, model), torch.optim.SGD)
+    cfg.SOLVER.OPTIMIZER = "Adam"
+    with pytest.raises(
+        ValueError, match="SOLVER.OPTIMIZER = 'Adam' is not valid; valid values: 'SGD', 'AdamW'"
+    ):
+        Trainer.build_optimizer(cfg, model)
