@@ -15,7 +15,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.8",
+    python_requires=">=3.9",
     packages=find_packages(include=["resnet_backbones", "resnet_backbones.*"]),
     package_data={"resnet_backbones": ["py.typed"]},
     install_requires=["fvcore", "iopath", "pycocotools", "numpy", "Pillow", "matplotlib"],
