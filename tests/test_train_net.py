@@ -66,7 +66,7 @@ def test_short_train_then_pycocotools_evaluation(tmp_path, tiny_datasets):
     assert resumed.start_iter == 2
 
 
-def test_train_net_tool_trains_evaluates_and_draws(tmp_path, tiny_datasets):
+def test_train_net_tool_trains_evaluates_and_draws(tmp_path):
     """The tool itself, on the built-in validation split (train and test), five iterations (the ETA needs a few)."""
     out = tmp_path / "run"
     cmd = [
