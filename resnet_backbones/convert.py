@@ -56,13 +56,13 @@ TIMM_RESNET_D: Sequence[Rule] = (
 
 
 def _rename(name: str, rules: Sequence[Rule]) -> tuple[bool, Optional[str]]:
-    matches = [(p, r) for p, r in rules if re.fullmatch(p, name)]
+    matches = [(m, r) for m, r in ((re.fullmatch(p, name), r) for p, r in rules) if m]
     if len(matches) != 1:
         return False, None
-    pattern, replacement = matches[0]
+    match, replacement = matches[0]
     if replacement is None:
         return True, None
-    out = re.fullmatch(pattern, name).expand(replacement)
+    out = match.expand(replacement)
     # "{k+1}" shifts a stage index (torchvision's layer1 is our res2).
     return True, re.sub(r"\{(\d+)\+(\d+)\}", lambda m: str(int(m[1]) + int(m[2])), out)
 

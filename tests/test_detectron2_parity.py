@@ -8,11 +8,12 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import ResNet, build_model
 
 from resnet_backbones import ResNetFamily, add_resnet_backbones_config
 from resnet_backbones.data.shapes import SPLITS, generate_image
+
+from .conftest import randomize_norm_statistics
 
 # Our registered names -> detectron2's built-in ones, per detector form.
 BUILTIN = {
@@ -39,18 +40,6 @@ def _fresh_cfg():
     return c
 
 
-def _randomize_frozen_bn(model):
-    """FrozenBN starts as the identity; random statistics make the comparison meaningful."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            c = m.weight.numel()
-            m.weight.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
-            m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
-
-
 def _image():
     image, _ = generate_image(SPLITS["val"], 1, 3)
     bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
@@ -65,7 +54,7 @@ def test_same_parameters_features_and_detections_as_detectron2(cfg, form, depth)
     builtin_cfg.merge_from_list([x for kv in BUILTIN[form].items() for x in kv])
 
     reference = build_model(builtin_cfg).eval()
-    _randomize_frozen_bn(reference)
+    randomize_norm_statistics(reference)
     ours = build_model(ours_cfg).eval()
     assert isinstance(getattr(ours.backbone, "bottom_up", ours.backbone), ResNetFamily)
     assert isinstance(getattr(reference.backbone, "bottom_up", reference.backbone), ResNet)
@@ -119,7 +108,7 @@ def test_msra_pkl_and_detectron2_pkl_load_unchanged(cfg, tmp_path):
     _config(cfg, "FPN", 50)
     ours = build_model(cfg).eval()
     source = build_model(cfg).eval()
-    _randomize_frozen_bn(source)
+    randomize_norm_statistics(source)
     bottom_up = source.backbone.bottom_up.state_dict()
 
     msra = tmp_path / "R-50.pkl"
@@ -134,7 +123,7 @@ def test_msra_pkl_and_detectron2_pkl_load_unchanged(cfg, tmp_path):
     c4 = _config(_fresh_cfg(), "C4", 50)
     for form_cfg in (cfg, c4):
         source = build_model(form_cfg).eval()
-        _randomize_frozen_bn(source)
+        randomize_norm_statistics(source)
         final = tmp_path / "model_final_test.pkl"
         with open(final, "wb") as f:
             state = {k: v.numpy() for k, v in source.state_dict().items()}
@@ -174,7 +163,7 @@ def test_fpn_backbones_equal_detectron2(cfg, ours, builtin, levels):
     else:
         cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     reference = BACKBONE_REGISTRY.get(builtin)(cfg, ShapeSpec(channels=3)).eval()
-    _randomize_frozen_bn(reference)
+    randomize_norm_statistics(reference)
     model = BACKBONE_REGISTRY.get(ours)(cfg, ShapeSpec(channels=3)).eval()
     model.load_state_dict(reference.state_dict(), strict=True)
     assert model.output_shape() == reference.output_shape()

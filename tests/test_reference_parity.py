@@ -8,6 +8,8 @@ import torchvision
 from resnet_backbones.convert import TIMM_RESNET_D, TORCHVISION_RESNET, convert_state_dict
 from resnet_backbones.modeling import ResNetFamily, resnet_spec
 
+from .conftest import randomize_norm_statistics
+
 STAGES = ["res2", "res3", "res4", "res5"]
 
 # torchvision name -> our spec arguments (torchvision: stride in the 3x3 conv, BN).
@@ -23,17 +25,6 @@ TORCHVISION = {
 }
 
 
-def _randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
-
-
 def _torchvision_stages(model, x):
     x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
     outputs = []
@@ -47,7 +38,7 @@ def _torchvision_stages(model, x):
 def test_equal_to_torchvision(name):
     torch.manual_seed(0)
     reference = getattr(torchvision.models, name)(weights=None).eval()
-    _randomize_bn(reference)
+    randomize_norm_statistics(reference)
     spec = resnet_spec(norm="BN", stride_in_1x1=False, **TORCHVISION[name])
     ours = ResNetFamily(spec, out_features=STAGES).eval()
     ours.load_state_dict(
@@ -70,7 +61,7 @@ def test_equal_to_timm_resnet_d(name, depth):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     reference = timm.create_model(name, pretrained=False).eval()
-    _randomize_bn(reference)
+    randomize_norm_statistics(reference)
     spec = resnet_spec(depth, stem="deep", avg_down=True, norm="BN", stride_in_1x1=False)
     ours = ResNetFamily(spec, out_features=STAGES).eval()
     ours.load_state_dict(convert_state_dict(reference.state_dict(), TIMM_RESNET_D), strict=True)
