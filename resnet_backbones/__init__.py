@@ -4,6 +4,7 @@
 
 * backbones ``build_resnet_family_backbone``, ``build_resnet_family_fpn_backbone`` and
   ``build_resnet_family_retinanet_fpn_backbone``;
+* ReXNet backbones ``build_rexnet_backbone`` and ``build_rexnet_fpn_backbone``;
 * the C4 head ``Res5FamilyROIHeads``;
 * the built-in datasets ``shapes_train`` and ``shapes_val``.
 

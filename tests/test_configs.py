@@ -65,7 +65,7 @@ def test_faster_rcnn_r101_follows_detectron2_3x_recipe():
 @pytest.mark.parametrize("config", CONFIGS)
 def test_config_builds_and_takes_a_finite_training_step(config):
     cfg = load_config(os.path.join(REPO, config), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
-    assert cfg.MODEL.BACKBONE.NAME.startswith("build_resnet_family")
+    assert cfg.MODEL.BACKBONE.NAME.startswith(("build_resnet_family", "build_rexnet"))
     model = build_model(cfg).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=1e-3, momentum=0.9)

@@ -5,7 +5,14 @@ import pytest
 import torch
 import torchvision
 
-from resnet_backbones.convert import TIMM_RESNET_D, TORCHVISION_RESNET, convert_state_dict
+from resnet_backbones.convert import (
+    TIMM_RES2NET,
+    TIMM_RESNET_D,
+    TIMM_RESNETV2,
+    TIMM_SE_RESNET,
+    TORCHVISION_RESNET,
+    convert_state_dict,
+)
 from resnet_backbones.modeling import ResNetFamily, resnet_spec
 
 from .conftest import randomize_norm_statistics
@@ -69,6 +76,55 @@ def test_equal_to_timm_resnet_d(name, depth):
     x = torch.randn(2, 3, 97, 110)  # odd sizes: pooling must round as timm does
     with torch.no_grad():
         expected = reference.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
+        actual = ours(x)
+    for stage, exp in zip(STAGES, expected):
+        rel = (actual[stage] - exp).abs().max() / exp.abs().max()
+        assert actual[stage].shape == exp.shape and rel <= 1e-5, (
+            f"{stage}: relative error {rel:.2e}"
+        )
+
+
+# timm name -> (mapping table, our spec arguments). All have the stride in the 3x3 conv.
+TIMM = {
+    "res2net50_26w_4s": (TIMM_RES2NET, dict(depth=50, res2net_scale=4, res2net_width=26)),
+    "res2net101_26w_4s": (TIMM_RES2NET, dict(depth=101, res2net_scale=4, res2net_width=26)),
+    "seresnet50": (TIMM_SE_RESNET, dict(depth=50, se_ratio=16)),
+    "seresnext50_32x4d": (
+        TIMM_SE_RESNET,
+        dict(depth=50, se_ratio=16, num_groups=32, width_per_group=4),
+    ),
+    "resnetv2_50": (TIMM_RESNETV2, dict(depth=50, block_order="preact")),
+    "resnetv2_101": (TIMM_RESNETV2, dict(depth=101, block_order="preact")),
+}
+
+
+def _timm_stages(name, reference, x):
+    raw = reference.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
+    if not name.startswith("resnetv2"):
+        return raw
+    # A v2 network's res* features are normalised and activated (make_stage): res2..res4 are
+    # the next stage's first pre-activation of timm's raw sums, res5 its final norm.
+    stages = reference.stages
+    return [stages[i + 1].blocks[0].norm1(raw[i]) for i in range(3)] + [reference.norm(raw[3])]
+
+
+@pytest.mark.parametrize("name", sorted(TIMM))
+def test_equal_to_timm(name):
+    timm = pytest.importorskip("timm")
+    table, spec_args = TIMM[name]
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False).eval()
+    randomize_norm_statistics(reference)
+    spec = resnet_spec(norm="BN", stride_in_1x1=False, **spec_args)
+    ours = ResNetFamily(spec, out_features=STAGES).eval()
+    ours.load_state_dict(convert_state_dict(reference.state_dict(), table), strict=True)
+    assert sum(p.numel() for p in ours.parameters()) == sum(
+        p.numel() for n, p in reference.named_parameters() if not n.startswith(("fc.", "head."))
+    )
+
+    x = torch.randn(2, 3, 97, 110)
+    with torch.no_grad():
+        expected = _timm_stages(name, reference, x)
         actual = ours(x)
     for stage, exp in zip(STAGES, expected):
         rel = (actual[stage] - exp).abs().max() / exp.abs().max()

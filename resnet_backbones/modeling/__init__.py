@@ -8,6 +8,7 @@ from .backbone import (
     build_resnet_family_retinanet_fpn_backbone,
 )
 from .layers import BLOCK_CLASSES, STEM_CLASSES, make_stage
+from .rexnet import ReXNet, build_rexnet_backbone, build_rexnet_fpn_backbone
 from .roi_heads import Res5FamilyROIHeads
 from .spec import DEPTHS, BlockOptions, ResNetSpec, StageSpec, resnet_spec, spec_from_config
 
@@ -16,11 +17,14 @@ __all__ = [
     "DEPTHS",
     "STEM_CLASSES",
     "BlockOptions",
+    "ReXNet",
     "Res5FamilyROIHeads",
     "ResNetFamily",
     "ResNetSpec",
     "StageSpec",
     "build_res5_head",
+    "build_rexnet_backbone",
+    "build_rexnet_fpn_backbone",
     "build_resnet_family_backbone",
     "build_resnet_family_fpn_backbone",
     "build_resnet_family_retinanet_fpn_backbone",

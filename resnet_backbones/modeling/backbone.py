@@ -15,7 +15,7 @@ import logging
 from typing import Sequence
 
 import torch
-from detectron2.layers import ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.utils import comm
@@ -49,24 +49,27 @@ class ResNetFamily(Backbone):
         self,
         spec: ResNetSpec,
         *,
-        out_features: Sequence[str] = ("res5",),
+        out_features: Sequence[str] | None = None,
         freeze_at: int = 0,
         in_channels: int = 3,
     ):
         """
         Args:
             spec: the network.
-            out_features: names among "stem", "res2".."res5" to return from ``forward``.
+            out_features: names among "stem", "res2".."res5" to return from ``forward``
+                (default: the last stage, res5; res4 for CIFAR networks).
             freeze_at: 0 trains everything; k >= 1 freezes the stem and the first k-1 stages
                 (their parameters stop requiring grad and their BNs become FrozenBN).
             in_channels: channels of the input image.
         """
         super().__init__()
         check_choice("MODEL.BACKBONE.FREEZE_AT", freeze_at, FREEZE_AT_VALUES)
-        stage_names = feature_names_up_to(out_features)
+        if out_features is None:
+            out_features = spec.feature_names[-1:]
+        stage_names = feature_names_up_to(out_features, spec.feature_names)
         self.spec = spec
         self.stem = STEM_CLASSES[spec.stem](
-            in_channels, spec.stem_out_channels, norm=spec.options.norm
+            in_channels, spec.stem_out_channels, norm=spec.options.norm, preact=spec.options.preact
         )
 
         stride = self.stem.stride
@@ -118,17 +121,21 @@ class ResNetFamily(Backbone):
             self.stem.freeze()
         for index, stage in enumerate(self.stages, start=2):
             if freeze_at >= index:
-                for block in stage.children():
-                    block.freeze()
+                # The whole stage, blocks and (pre-activation networks) its closing norm.
+                for p in stage.parameters():
+                    p.requires_grad = False
+                FrozenBatchNorm2d.convert_frozen_batchnorm(stage)
         return self
 
 
-def resolve_norm(norm: str) -> str:
-    """SyncBN needs a distributed run; in a single process it falls back to BN, with a warning."""
+def resolve_norm(norm: str, key: str = "MODEL.RESNETS.NORM") -> str:
+    """SyncBN needs a distributed run; in a single process it falls back to BN, with a warning
+    naming the config ``key``."""
     if norm == "SyncBN" and comm.get_world_size() == 1:
         logger.warning(
-            "MODEL.RESNETS.NORM = 'SyncBN' needs a distributed run, but this one has a single "
-            "process; using 'BN' (per-process batch statistics) instead."
+            "%s = 'SyncBN' needs a distributed run, but this one has a single "
+            "process; using 'BN' (per-process batch statistics) instead.",
+            key,
         )
         return "BN"
     return norm

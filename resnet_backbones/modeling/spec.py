@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 __all__ = [
+    "BLOCK_ORDERS",
     "BLOCK_TYPES",
+    "CIFAR_STAGE_WIDTHS",
     "DEPTHS",
     "FEATURE_NAMES",
     "NORMS",
@@ -24,6 +26,7 @@ __all__ = [
     "ResNetSpec",
     "StageSpec",
     "check_choice",
+    "cifar_depth",
     "resnet_spec",
     "spec_from_config",
 ]
@@ -31,20 +34,24 @@ __all__ = [
 STAGE_NAMES: tuple[str, ...] = ("res2", "res3", "res4", "res5")
 FEATURE_NAMES: tuple[str, ...] = ("stem",) + STAGE_NAMES
 BLOCK_TYPES: tuple[str, ...] = ("basic", "bottleneck")
-STEM_TYPES: tuple[str, ...] = ("basic", "deep")
+# "cifar" is the ResNet paper's CIFAR-10 stem (Sec. 4.2): one 3x3 stride-1 conv, no max-pool.
+STEM_TYPES: tuple[str, ...] = ("basic", "deep", "cifar")
 # The ResNet paper's shortcut options (Sec. 3.3): A = identity with zero-padded extra channels,
-# B = projection only where the shape changes, C = projection on every block.
-SHORTCUTS: tuple[str, ...] = ("A", "B", "C")
+# B = projection only where the shape changes, C = projection on every block; "none" = no
+# shortcut at all (the paper's plain networks, Sec. 4.1).
+SHORTCUTS: tuple[str, ...] = ("A", "B", "C", "none")
+# The identity-mapping paper's block arrangements (He et al., 2016b, Fig. 4 (a)-(e)).
+BLOCK_ORDERS: tuple[str, ...] = ("post", "bn_after_add", "relu_before_add", "relu_preact", "preact")
 # detectron2.layers.get_norm's names ("" means no norm, as in detectron2).
 NORMS: tuple[str, ...] = ("FrozenBN", "BN", "SyncBN", "GN", "nnSyncBN", "naiveSyncBN", "")
 
 
 @dataclass(frozen=True)
 class Depth:
-    """Block type and number of blocks per stage (res2..res5) of one ResNet depth."""
+    """Block type and number of blocks per stage (res2, res3, ...) of one ResNet depth."""
 
     block: str
-    blocks_per_stage: tuple[int, int, int, int]
+    blocks_per_stage: tuple[int, ...]
 
 
 # The one depth table of the package (ResNet paper, Table 1; 200 from the identity-mapping paper).
@@ -56,6 +63,19 @@ DEPTHS: dict[int, Depth] = {
     152: Depth("bottleneck", (3, 8, 36, 3)),
     200: Depth("bottleneck", (3, 24, 36, 3)),
 }
+
+# CIFAR networks (ResNet paper, Sec. 4.2): three stages of n basic blocks of widths 16/32/64
+# (times the widen factor k of WRN-d-k). The ResNet paper counts depth 6n+2 (20, 32, 44, 56,
+# 110, 1202); the Wide ResNet paper counts the three projection convs too, 6n+4 (WRN-28-10: n=4).
+CIFAR_STAGE_WIDTHS: tuple[int, ...] = (16, 32, 64)
+
+
+def cifar_depth(depth: int) -> Depth | None:
+    """The CIFAR network of ``depth`` layers (6n+2, or 6n+4 as WRN counts), None if none."""
+    if not isinstance(depth, int) or depth < 8 or depth % 6 not in (2, 4):
+        return None
+    n = (depth - depth % 6) // 6
+    return Depth("basic", (n, n, n))
 
 
 def check_choice(key: str, value: Any, valid: Iterable[Any]) -> None:
@@ -72,21 +92,38 @@ class BlockOptions:
     """Options shared by every block of one network; each block class reads the ones it needs.
 
     Attributes:
-        norm: normalisation after every conv, a name understood by ``detectron2.layers.get_norm``.
-        shortcut: "A", "B" or "C" (see :data:`SHORTCUTS`).
+        norm: normalisation of every conv, a name understood by ``detectron2.layers.get_norm``.
+        shortcut: "A", "B", "C" or "none" (see :data:`SHORTCUTS`).
+        order: arrangement of norm, ReLU and addition (see :data:`BLOCK_ORDERS`).
         avg_down: projection shortcuts average-pool before a stride-1 1x1 conv (ResNet-D).
         stride_in_1x1: a bottleneck's stride is in its first 1x1 conv (MSRA/Caffe2 weights)
             instead of its 3x3 conv (torchvision, fb.torch).
         num_groups: groups of a bottleneck's 3x3 conv (ResNeXt cardinality).
-        zero_init_residual: the last norm of each residual branch starts with zero scale.
+        res2net_scale: number of splits of a bottleneck's 3x3 conv (Res2Net); 1 means none.
+        se_ratio: reduction ratio r of squeeze-and-excitation on every block; 0 means none.
+        dropout: dropout probability before every conv of a block but the first (WRN).
+        zero_init_residual: the last norm of each residual branch (or its last conv, where the
+            branch ends with a conv) starts at zero.
+        deform_modulated: deformable convs are modulated (DCN v2) rather than DCN v1.
+        deform_num_groups: offset groups of a deformable conv.
     """
 
     norm: str = "FrozenBN"
     shortcut: str = "B"
+    order: str = "post"
     avg_down: bool = False
     stride_in_1x1: bool = True
     num_groups: int = 1
+    res2net_scale: int = 1
+    se_ratio: int = 0
+    dropout: float = 0.0
     zero_init_residual: bool = False
+    deform_modulated: bool = False
+    deform_num_groups: int = 1
+
+    @property
+    def preact(self) -> bool:
+        return self.order == "preact"
 
 
 @dataclass(frozen=True)
@@ -100,6 +137,7 @@ class StageSpec:
     bottleneck_channels: int
     stride: int
     dilation: int
+    deform: bool = False
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -108,7 +146,7 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class ResNetSpec:
-    """A whole network: block type, stem and the four stages res2..res5."""
+    """A whole network: block type, stem and its stages (res2..res5; res2..res4 for CIFAR)."""
 
     block: str
     stem: str
@@ -119,6 +157,16 @@ class ResNetSpec:
     def stage(self, name: str) -> StageSpec:
         check_choice("stage", name, [s.name for s in self.stages])
         return next(s for s in self.stages if s.name == name)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return ("stem",) + tuple(s.name for s in self.stages)
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{key} = {value!r} is not valid; it must be {kind}")
 
 
 def resnet_spec(
@@ -133,21 +181,44 @@ def resnet_spec(
     norm: str = "FrozenBN",
     stride_in_1x1: bool = True,
     shortcut: str = "B",
+    block_order: str = "post",
     avg_down: bool = False,
     zero_init_residual: bool = False,
+    res2net_scale: int = 1,
+    res2net_width: int = 26,
+    se_ratio: int = 0,
+    dropout: float = 0.0,
+    widen_factor: int = 1,
+    deform_on_per_stage: Sequence[bool] = (False, False, False, False),
+    deform_modulated: bool = False,
+    deform_num_groups: int = 1,
 ) -> ResNetSpec:
     """Builds and validates the spec of a ResNet-family network.
 
     The arguments are those of ``MODEL.RESNETS`` with detectron2's meaning: a bottleneck's
     3x3 width in res2 is ``num_groups * width_per_group`` and every later stage doubles the
     widths; basic blocks (depth 18, 34) have one width per stage, ``res2_out_channels``.
+    Res2Net's 3x3 width in res2 is ``res2net_scale * res2net_width`` (times ``num_groups``).
+    CIFAR depths (6n+2, 6n+4) need ``stem="cifar"`` and have three stages res2..res4 of
+    widths 16/32/64 times ``widen_factor``; ``res2_out_channels`` does not apply to them.
 
     Raises:
-        ValueError: naming the config key, the bad value and the valid values.
+        ValueError: naming the config key, the bad value and the valid values, or the
+            combination that is not defined and why.
     """
-    check_choice("MODEL.RESNETS.DEPTH", depth, sorted(DEPTHS))
     check_choice("MODEL.RESNETS.STEM", stem, STEM_TYPES)
+    # With the CIFAR stem a depth of 6n+2 or 6n+4 is a CIFAR network (ResNet-50 on CIFAR is
+    # n = 8); otherwise the ImageNet table decides (R-18 with a CIFAR stem is an ImageNet R-18).
+    cifar = cifar_depth(depth) if stem == "cifar" else None
+    if cifar is None and depth not in DEPTHS:
+        if cifar_depth(depth) is not None:
+            raise ValueError(
+                f"MODEL.RESNETS.DEPTH = {depth} is a CIFAR depth (6n+2 or 6n+4), which needs "
+                f"MODEL.RESNETS.STEM 'cifar', not {stem!r}; ImageNet depths are {sorted(DEPTHS)}"
+            )
+        check_choice("MODEL.RESNETS.DEPTH", depth, sorted(DEPTHS) + ["6n+2 or 6n+4 (CIFAR)"])
     check_choice("MODEL.RESNETS.SHORTCUT", shortcut, SHORTCUTS)
+    check_choice("MODEL.RESNETS.BLOCK_ORDER", block_order, BLOCK_ORDERS)
     check_choice("MODEL.RESNETS.NORM", norm, NORMS)
     check_choice("MODEL.RESNETS.RES5_DILATION", res5_dilation, (1, 2))
     for key, value in [
@@ -155,34 +226,58 @@ def resnet_spec(
         ("MODEL.RESNETS.RES2_OUT_CHANNELS", res2_out_channels),
         ("MODEL.RESNETS.NUM_GROUPS", num_groups),
         ("MODEL.RESNETS.WIDTH_PER_GROUP", width_per_group),
+        ("MODEL.RESNETS.RES2NET_SCALE", res2net_scale),
+        ("MODEL.RESNETS.RES2NET_WIDTH", res2net_width),
+        ("MODEL.RESNETS.WIDEN_FACTOR", widen_factor),
+        ("MODEL.RESNETS.DEFORM_NUM_GROUPS", deform_num_groups),
     ]:
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} = {value!r} is not valid; it must be a positive integer")
+        _positive_int(key, value)
+    _positive_int("MODEL.RESNETS.SE_RATIO", se_ratio, minimum=0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"MODEL.RESNETS.DROPOUT = {dropout!r} is not valid; it must be in [0, 1)")
+    deform_on_per_stage = tuple(deform_on_per_stage)
+    if len(deform_on_per_stage) != len(STAGE_NAMES):
+        raise ValueError(
+            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(deform_on_per_stage)} is not valid; "
+            "it needs one flag per stage res2..res5"
+        )
     if stem == "deep" and stem_out_channels % 2:
         raise ValueError(
             f"MODEL.RESNETS.STEM_OUT_CHANNELS = {stem_out_channels} is not valid for the deep "
             "stem, whose first two convs have half that width; it must be even"
         )
 
-    table = DEPTHS[depth]
-    if table.block == "basic":
-        if res2_out_channels != 64:
-            raise ValueError(
-                f"MODEL.RESNETS.RES2_OUT_CHANNELS = {res2_out_channels} is not valid for DEPTH "
-                f"{depth}, which uses basic blocks: set it to 64 (as detectron2 requires)"
-            )
-        if num_groups != 1 or width_per_group != 64:
-            raise ValueError(
-                f"MODEL.RESNETS.NUM_GROUPS = {num_groups} and WIDTH_PER_GROUP = "
-                f"{width_per_group} are not valid for DEPTH {depth}: basic blocks have no "
-                "grouped bottleneck; keep NUM_GROUPS 1 and WIDTH_PER_GROUP 64"
-            )
+    table = cifar if cifar is not None else DEPTHS[depth]
+    _check_combinations(
+        depth,
+        table,
+        cifar=cifar is not None,
+        stem=stem,
+        res2_out_channels=res2_out_channels,
+        num_groups=num_groups,
+        width_per_group=width_per_group,
+        res5_dilation=res5_dilation,
+        shortcut=shortcut,
+        block_order=block_order,
+        res2net_scale=res2net_scale,
+        widen_factor=widen_factor,
+        deform_on_per_stage=deform_on_per_stage,
+    )
+
+    if cifar is not None:
+        out_widths = [w * widen_factor for w in CIFAR_STAGE_WIDTHS]
+        bottleneck_widths = out_widths
+    else:
+        out_widths = [res2_out_channels * 2**i for i in range(len(STAGE_NAMES))]
+        res2_bottleneck = num_groups * (
+            res2net_scale * res2net_width if res2net_scale > 1 else width_per_group
+        )
+        bottleneck_widths = [res2_bottleneck * 2**i for i in range(len(STAGE_NAMES))]
 
     stages = []
     in_channels = stem_out_channels
-    out_channels = res2_out_channels
-    bottleneck_channels = num_groups * width_per_group
-    for i, (name, num_blocks) in enumerate(zip(STAGE_NAMES, table.blocks_per_stage)):
+    for i, num_blocks in enumerate(table.blocks_per_stage):
+        name = STAGE_NAMES[i]
         dilation = res5_dilation if name == "res5" else 1
         stride = 1 if i == 0 or dilation > 1 else 2
         stages.append(
@@ -190,23 +285,28 @@ def resnet_spec(
                 name=name,
                 num_blocks=num_blocks,
                 in_channels=in_channels,
-                out_channels=out_channels,
-                bottleneck_channels=bottleneck_channels,
+                out_channels=out_widths[i],
+                bottleneck_channels=bottleneck_widths[i],
                 stride=stride,
                 dilation=dilation,
+                deform=bool(deform_on_per_stage[i]),
             )
         )
-        in_channels = out_channels
-        out_channels *= 2
-        bottleneck_channels *= 2
+        in_channels = out_widths[i]
 
     options = BlockOptions(
         norm=norm,
         shortcut=shortcut,
+        order=block_order,
         avg_down=avg_down,
         stride_in_1x1=stride_in_1x1,
         num_groups=num_groups,
+        res2net_scale=res2net_scale,
+        se_ratio=se_ratio,
+        dropout=float(dropout),
         zero_init_residual=zero_init_residual,
+        deform_modulated=deform_modulated,
+        deform_num_groups=deform_num_groups,
     )
     return ResNetSpec(
         block=table.block,
@@ -217,15 +317,93 @@ def resnet_spec(
     )
 
 
+def _check_combinations(
+    depth: int,
+    table: Depth,
+    *,
+    cifar: bool,
+    stem: str,
+    res2_out_channels: int,
+    num_groups: int,
+    width_per_group: int,
+    res5_dilation: int,
+    shortcut: str,
+    block_order: str,
+    res2net_scale: int,
+    widen_factor: int,
+    deform_on_per_stage: tuple[bool, ...],
+) -> None:
+    """Refuses combinations of valid values that define no network, saying why."""
+    if cifar and res5_dilation != 1:
+        raise ValueError(
+            f"MODEL.RESNETS.RES5_DILATION = {res5_dilation} is not valid for the CIFAR depth "
+            f"{depth}: CIFAR networks have no res5; keep it 1"
+        )
+    if widen_factor != 1 and not cifar:
+        raise ValueError(
+            f"MODEL.RESNETS.WIDEN_FACTOR = {widen_factor} only applies to CIFAR depths (6n+2, "
+            f"6n+4), not DEPTH {depth}; widen an ImageNet ResNet with WIDTH_PER_GROUP "
+            "(wide_resnet50_2: 128)"
+        )
+    if table.block == "basic":
+        if not cifar and res2_out_channels != 64:
+            raise ValueError(
+                f"MODEL.RESNETS.RES2_OUT_CHANNELS = {res2_out_channels} is not valid for DEPTH "
+                f"{depth}, which uses basic blocks: set it to 64 (as detectron2 requires)"
+            )
+        if num_groups != 1 or width_per_group != 64:
+            raise ValueError(
+                f"MODEL.RESNETS.NUM_GROUPS = {num_groups} and WIDTH_PER_GROUP = "
+                f"{width_per_group} are not valid for DEPTH {depth}: basic blocks have no "
+                "grouped bottleneck; keep NUM_GROUPS 1 and WIDTH_PER_GROUP 64"
+            )
+        if res2net_scale != 1:
+            raise ValueError(
+                f"MODEL.RESNETS.RES2NET_SCALE = {res2net_scale} is not valid for DEPTH {depth}: "
+                "Res2Net splits a bottleneck's 3x3 conv, and this depth uses basic blocks; use "
+                f"DEPTH 50 or deeper, or RES2NET_SCALE 1"
+            )
+        if any(deform_on_per_stage):
+            raise ValueError(
+                f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(deform_on_per_stage)} is not valid "
+                f"for DEPTH {depth}: deformable convolution replaces a bottleneck's 3x3 conv "
+                "(as in detectron2), and this depth uses basic blocks"
+            )
+    if block_order == "preact" and shortcut == "A":
+        raise ValueError(
+            "MODEL.RESNETS.SHORTCUT = 'A' is not defined with BLOCK_ORDER 'preact': in a "
+            "pre-activation network a stage's first block feeds its shortcut the pre-activated "
+            "input, and zero-padding that tensor is not a shortcut either paper defines; use "
+            "SHORTCUT 'B' or 'C'"
+        )
+    if res2net_scale > 1:
+        if block_order != "post":
+            raise ValueError(
+                f"MODEL.RESNETS.BLOCK_ORDER = {block_order!r} is not valid with RES2NET_SCALE "
+                f"{res2net_scale}: the Res2Net block is defined for 'post' only"
+            )
+        if width_per_group != 64:
+            raise ValueError(
+                f"MODEL.RESNETS.WIDTH_PER_GROUP = {width_per_group} does not apply to Res2Net "
+                f"(RES2NET_SCALE {res2net_scale}), whose 3x3 width is RES2NET_WIDTH per split; "
+                "keep WIDTH_PER_GROUP 64"
+            )
+        if any(deform_on_per_stage):
+            raise ValueError(
+                f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(deform_on_per_stage)} is not valid "
+                f"with RES2NET_SCALE {res2net_scale}: a Res2Net block has no single 3x3 conv to "
+                "make deformable"
+            )
+    if cifar and any(deform_on_per_stage):
+        raise ValueError(
+            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(deform_on_per_stage)} is not valid for "
+            f"the CIFAR depth {depth}, whose basic blocks have no bottleneck 3x3 conv"
+        )
+
+
 def spec_from_config(cfg) -> ResNetSpec:
     """Reads ``cfg.MODEL.RESNETS`` (extended by ``add_resnet_backbones_config``) into a spec."""
     r = cfg.MODEL.RESNETS
-    if any(r.DEFORM_ON_PER_STAGE):
-        raise ValueError(
-            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(r.DEFORM_ON_PER_STAGE)} is not supported "
-            "yet: deformable convolution is not implemented in this version of resnet_backbones; "
-            "keep it [False, False, False, False]"
-        )
     return resnet_spec(
         r.DEPTH,
         stem=r.STEM,
@@ -237,14 +415,30 @@ def spec_from_config(cfg) -> ResNetSpec:
         norm=r.NORM,
         stride_in_1x1=r.STRIDE_IN_1X1,
         shortcut=r.SHORTCUT,
+        block_order=r.BLOCK_ORDER,
         avg_down=r.AVG_DOWN,
         zero_init_residual=r.ZERO_INIT_RESIDUAL,
+        res2net_scale=r.RES2NET_SCALE,
+        res2net_width=r.RES2NET_WIDTH,
+        se_ratio=r.SE_RATIO,
+        dropout=r.DROPOUT,
+        widen_factor=r.WIDEN_FACTOR,
+        deform_on_per_stage=r.DEFORM_ON_PER_STAGE,
+        deform_modulated=r.DEFORM_MODULATED,
+        deform_num_groups=r.DEFORM_NUM_GROUPS,
     )
 
 
-def feature_names_up_to(out_features: Sequence[str]) -> tuple[str, ...]:
-    """The stage names that must be built to produce ``out_features`` (res2 up to the deepest)."""
+def feature_names_up_to(
+    out_features: Sequence[str], available: Sequence[str] = FEATURE_NAMES
+) -> tuple[str, ...]:
+    """The stage names that must be built to produce ``out_features`` (res2 up to the deepest).
+
+    Args:
+        out_features: requested feature names.
+        available: the network's feature names ("stem" first); CIFAR networks stop at res4.
+    """
     for name in out_features:
-        check_choice("MODEL.RESNETS.OUT_FEATURES entry", name, FEATURE_NAMES)
-    deepest = max(FEATURE_NAMES.index(name) for name in out_features)
-    return STAGE_NAMES[:deepest]
+        check_choice("MODEL.RESNETS.OUT_FEATURES entry", name, available)
+    deepest = max(available.index(name) for name in out_features)
+    return tuple(available[1 : deepest + 1])

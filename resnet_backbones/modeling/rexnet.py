@@ -1,0 +1,451 @@
+"""ReXNet (Han et al., 2021, "Rethinking Channel Dimensions for Efficient Model Design") as a
+detectron2 backbone, numerically equal to timm's ``rexnet_*`` models.
+
+ReXNet is a chain of MobileNetV2-style linear bottlenecks whose output width grows linearly with
+the block index, with SiLU after the expansion convs, ReLU6 after the depthwise convs and
+squeeze-and-excitation (with a norm) from the third group of blocks on. Its features are named
+by stride as in our ResNets: "stem" (2), "res2" (4), "res3" (8), "res4" (16), "res5" (32).
+
+Registered in detectron2's ``BACKBONE_REGISTRY``:
+
+* ``build_rexnet_backbone``: the features of ``MODEL.REXNET.OUT_FEATURES``;
+* ``build_rexnet_fpn_backbone``: FPN P2..P6, as detectron2's ``build_resnet_fpn_backbone``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from torch import nn
+
+from .backbone import resolve_norm
+from .spec import FEATURE_NAMES, check_choice
+
+__all__ = [
+    "REXNET_GROUPS",
+    "REXNET_NORMS",
+    "BlockGroup",
+    "ConvNormSiLU",
+    "LinearBottleneck",
+    "ReXNet",
+    "ReXNetBlockSpec",
+    "SqueezeExcite",
+    "build_rexnet_backbone",
+    "build_rexnet_fpn_backbone",
+    "rexnet_blocks",
+    "rexnet_last_channels",
+    "rexnet_stem_channels",
+]
+
+
+# detectron2.layers.get_norm names that work here. "GN" is left out: its 32 groups do not divide
+# ReXNet's widths (16, 27, 38 ...); "" (no norm) would leave the bias-free convs without a bias.
+REXNET_NORMS: tuple[str, ...] = ("FrozenBN", "BN", "SyncBN", "nnSyncBN", "naiveSyncBN")
+FREEZE_AT_VALUES = tuple(range(len(FEATURE_NAMES) + 1))
+
+# Widths of ReXNet-1.0x (the paper's Sec. 4.1; timm's RexNet defaults), scaled by width_mult.
+STEM_CHANNELS = 32  # the 3x3/2 stem conv
+FIRST_CHANNELS = 16  # output of the first block; the following ones grow linearly ...
+CHANNEL_GROWTH = 180  # ... by this much over all blocks: 16 -> 16 + 180 * (n - 1) / n
+LAST_CHANNELS = 1280  # the final 1x1 conv
+SE_RATIO = 1 / 12  # SE reduced width = depthwise width * SE_RATIO
+
+
+@dataclass(frozen=True)
+class BlockGroup:
+    """A group of linear bottlenecks: ``num_blocks`` blocks (scaled by depth_mult), the first of
+    stride ``stride``, each expanding its input ``expansion`` times; ``se`` turns SE on."""
+
+    feature: str
+    num_blocks: int
+    stride: int
+    expansion: int
+    se: bool
+
+
+# The six groups of ReXNet (timm's ``_block_cfg``) and the feature each one ends up in. The first
+# group runs at stride 2, after the stem conv, so it belongs to "stem" (timm's stride-2 feature is
+# its output); groups four and five both run at stride 16 and form "res4".
+REXNET_GROUPS: tuple[BlockGroup, ...] = (
+    BlockGroup("stem", 1, stride=1, expansion=1, se=False),
+    BlockGroup("res2", 2, stride=2, expansion=6, se=False),
+    BlockGroup("res3", 2, stride=2, expansion=6, se=True),
+    BlockGroup("res4", 3, stride=2, expansion=6, se=True),
+    BlockGroup("res4", 3, stride=1, expansion=6, se=True),
+    BlockGroup("res5", 5, stride=2, expansion=6, se=True),
+)
+
+
+@dataclass(frozen=True)
+class ReXNetBlockSpec:
+    """One linear bottleneck: widths, stride and the feature (stage) it belongs to.
+
+    ``hidden_channels`` is the width of the depthwise conv (equal to ``in_channels`` when the
+    block has no expansion conv); ``se_channels`` is the SE's reduced width, 0 without SE.
+    """
+
+    feature: str
+    in_channels: int
+    out_channels: int
+    hidden_channels: int
+    se_channels: int
+    stride: int
+
+
+def _make_divisible(value: float, divisor: int) -> int:
+    """Nearest multiple of ``divisor`` (at least ``divisor``), never more than 10% below ``value``;
+    the rounding rule of timm's ``make_divisible``, on which the pretrained widths depend."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def _check_positive(key: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{key} = {value!r} is not valid; it must be a positive number")
+
+
+def rexnet_stem_channels(width_mult: float = 1.0, channel_divisor: int = 1) -> int:
+    """Width of the 3x3/2 stem conv; 32 for every width_mult <= 1, as in timm."""
+    base = STEM_CHANNELS / width_mult if width_mult < 1.0 else STEM_CHANNELS
+    return _make_divisible(round(base * width_mult), channel_divisor)
+
+
+def rexnet_last_channels(width_mult: float = 1.0, channel_divisor: int = 1) -> int:
+    """Width of the final 1x1 conv: 1280 * width_mult."""
+    return _make_divisible(LAST_CHANNELS * width_mult, channel_divisor)
+
+
+def rexnet_blocks(
+    width_mult: float = 1.0, depth_mult: float = 1.0, channel_divisor: int = 1
+) -> tuple[ReXNetBlockSpec, ...]:
+    """The linear bottlenecks of ReXNet, in order.
+
+    Args:
+        width_mult: channel multiplier (1.0: rexnet_100, 1.5: rexnet_150 ...).
+        depth_mult: block-count multiplier; every group gets ceil(num_blocks * depth_mult).
+        channel_divisor: widths are rounded to multiples of it (8: timm's rexnetr_*).
+    """
+    num_blocks = [math.ceil(group.num_blocks * depth_mult) for group in REXNET_GROUPS]
+    total = sum(num_blocks)
+    # The paper's linear channel schedule, with timm's float arithmetic and rounding (the widths
+    # of the pretrained weights depend on them): below 1x the first width stays 16.
+    base = FIRST_CHANNELS / width_mult if width_mult < 1.0 else FIRST_CHANNELS
+    in_channels = rexnet_stem_channels(width_mult, channel_divisor)
+    blocks = []
+    for group, count in zip(REXNET_GROUPS, num_blocks):
+        for index in range(count):
+            out_channels = _make_divisible(round(base * width_mult), channel_divisor)
+            base += CHANNEL_GROWTH / total
+            hidden_channels = in_channels
+            if group.expansion != 1:
+                hidden_channels = _make_divisible(
+                    round(in_channels * group.expansion), channel_divisor
+                )
+            se_channels = 0
+            if group.se:
+                se_channels = _make_divisible(int(hidden_channels * SE_RATIO), channel_divisor)
+            blocks.append(
+                ReXNetBlockSpec(
+                    feature=group.feature,
+                    in_channels=in_channels,
+                    out_channels=out_channels,
+                    hidden_channels=hidden_channels,
+                    se_channels=se_channels,
+                    stride=group.stride if index == 0 else 1,
+                )
+            )
+            in_channels = out_channels
+    return tuple(blocks)
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+def _init_conv(conv: nn.Conv2d) -> None:
+    # EfficientNet / MnasNet init, as timm's efficientnet_init_weights: normal with std
+    # sqrt(2 / fan_out), fan_out counted per group (so a depthwise 3x3 conv has fan_out 9).
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+    nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+class ConvNormSiLU(CNNBlockBase):
+    """Conv, norm, SiLU: ReXNet's 3x3/2 stem conv and its final 1x1 conv."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, kernel_size: int, stride: int, norm: str
+    ):
+        super().__init__(in_channels, out_channels, stride)
+        self.conv = Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+            activation=F.silu,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class SqueezeExcite(nn.Module):
+    """SE with a norm (ReXNet): global average pool, 1x1 conv, norm, ReLU, 1x1 conv, sigmoid;
+    scales the input channels."""
+
+    def __init__(self, channels: int, se_channels: int, *, norm: str):
+        super().__init__()
+        self.fc1 = Conv2d(
+            channels,
+            se_channels,
+            kernel_size=1,
+            bias=True,
+            norm=get_norm(norm, se_channels),
+            activation=F.relu,
+        )
+        self.fc2 = Conv2d(se_channels, channels, kernel_size=1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.fc2(self.fc1(x.mean((2, 3), keepdim=True)))
+        return x * torch.sigmoid(scale)
+
+
+class LinearBottleneck(CNNBlockBase):
+    """ReXNet's block: [1x1 expand, norm, SiLU], 3x3 depthwise (strided), norm, [SE], ReLU6, 1x1
+    project, norm (linear); at stride 1, add the input to its first in_channels channels."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        hidden_channels: int,
+        se_channels: int = 0,
+        stride: int = 1,
+        norm: str = "BN",
+    ):
+        """
+        Args:
+            in_channels: input width.
+            out_channels: output width.
+            hidden_channels: width of the depthwise conv; an expansion conv is built only when it
+                differs from in_channels.
+            se_channels: reduced width of the SE; 0 means no SE.
+            stride: stride of the depthwise conv.
+            norm: a name understood by ``detectron2.layers.get_norm``.
+        """
+        super().__init__(in_channels, out_channels, stride)
+        self.conv_expand = None
+        if hidden_channels != in_channels:
+            self.conv_expand = Conv2d(
+                in_channels,
+                hidden_channels,
+                kernel_size=1,
+                bias=False,
+                norm=get_norm(norm, hidden_channels),
+                activation=F.silu,
+            )
+        self.conv_dw = Conv2d(
+            hidden_channels,
+            hidden_channels,
+            kernel_size=3,
+            stride=stride,
+            padding=1,
+            groups=hidden_channels,
+            bias=False,
+            norm=get_norm(norm, hidden_channels),
+        )
+        self.se = SqueezeExcite(hidden_channels, se_channels, norm=norm) if se_channels else None
+        self.conv_project = Conv2d(
+            hidden_channels,
+            out_channels,
+            kernel_size=1,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        # The widths only grow, so the shortcut is the input zero-padded to out_channels (the
+        # ResNet paper's option A); where the stride is 2 there is none.
+        self.has_shortcut = stride == 1 and in_channels <= out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x if self.conv_expand is None else self.conv_expand(x)
+        out = self.conv_dw(out)
+        if self.se is not None:
+            out = self.se(out)
+        out = self.conv_project(F.relu6(out))
+        if self.has_shortcut:
+            out = out + F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Backbone
+# --------------------------------------------------------------------------------------------
+class ReXNet(Backbone):
+    """ReXNet with features "stem" and "res2".."res5" (strides 2 to 32).
+
+    Every feature is a stage, an ``nn.Sequential`` of blocks: "stem" is the 3x3/2 conv and the
+    first linear bottleneck (timm's stride-2 feature), "res5" ends with the final 1x1 conv to
+    1280 * width_mult channels (timm's ``forward_features``). Only the stages up to the deepest
+    of ``out_features`` are built.
+    """
+
+    def __init__(
+        self,
+        *,
+        width_mult: float = 1.0,
+        depth_mult: float = 1.0,
+        channel_divisor: int = 1,
+        out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
+        freeze_at: int = 0,
+        norm: str = "BN",
+        in_channels: int = 3,
+    ):
+        """
+        Args:
+            width_mult: channel multiplier (1.0: timm's rexnet_100, 1.3, 1.5, 2.0, 3.0: rexnet_130
+                ... rexnet_300).
+            depth_mult: block-count multiplier (1.0 in every timm variant).
+            channel_divisor: widths are rounded to multiples of it (1: rexnet_*, 8: rexnetr_*).
+            out_features: names among "stem", "res2".."res5" to return from ``forward``.
+            freeze_at: 0 trains everything; k >= 1 freezes the stem and the first k-1 stages
+                (their parameters stop requiring grad and their BNs become FrozenBN).
+            norm: norm after every conv and inside the SE, one of :data:`REXNET_NORMS`.
+            in_channels: channels of the input image.
+
+        Raises:
+            ValueError: naming the config key, the bad value and the valid values.
+        """
+        super().__init__()
+        _check_positive("MODEL.REXNET.WIDTH_MULT", width_mult)
+        _check_positive("depth_mult", depth_mult)
+        if isinstance(channel_divisor, bool) or not isinstance(channel_divisor, int):
+            raise ValueError(
+                f"channel_divisor = {channel_divisor!r} is not valid; it must be a positive integer"
+            )
+        _check_positive("channel_divisor", channel_divisor)
+        check_choice("MODEL.REXNET.NORM", norm, REXNET_NORMS)
+        check_choice("MODEL.BACKBONE.FREEZE_AT", freeze_at, FREEZE_AT_VALUES)
+        if not out_features:
+            raise ValueError(
+                "MODEL.REXNET.OUT_FEATURES is empty; valid entries: "
+                + ", ".join(repr(n) for n in FEATURE_NAMES)
+            )
+        for name in out_features:
+            check_choice("MODEL.REXNET.OUT_FEATURES entry", name, FEATURE_NAMES)
+        deepest = max(FEATURE_NAMES.index(name) for name in out_features)
+
+        blocks = rexnet_blocks(width_mult, depth_mult, channel_divisor)
+        stem_channels = rexnet_stem_channels(width_mult, channel_divisor)
+        self.stage_names: list[str] = []
+        self.stages: list[nn.Sequential] = []
+        self._out_feature_strides: dict[str, int] = {}
+        self._out_feature_channels: dict[str, int] = {}
+        stride = 1
+        for name in FEATURE_NAMES[: deepest + 1]:
+            layers: list[CNNBlockBase] = []
+            if name == "stem":
+                layers.append(
+                    ConvNormSiLU(in_channels, stem_channels, kernel_size=3, stride=2, norm=norm)
+                )
+            for spec in blocks:
+                if spec.feature == name:
+                    layers.append(
+                        LinearBottleneck(
+                            spec.in_channels,
+                            spec.out_channels,
+                            hidden_channels=spec.hidden_channels,
+                            se_channels=spec.se_channels,
+                            stride=spec.stride,
+                            norm=norm,
+                        )
+                    )
+            if name == FEATURE_NAMES[-1]:
+                last_channels = rexnet_last_channels(width_mult, channel_divisor)
+                layers.append(
+                    ConvNormSiLU(
+                        layers[-1].out_channels, last_channels, kernel_size=1, stride=1, norm=norm
+                    )
+                )
+            stage = nn.Sequential(*layers)
+            self.add_module(name, stage)
+            self.stage_names.append(name)
+            self.stages.append(stage)
+            for layer in layers:
+                stride *= layer.stride
+            self._out_feature_strides[name] = stride
+            self._out_feature_channels[name] = layers[-1].out_channels
+        self._out_features = list(out_features)
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                _init_conv(module)
+        self.freeze(freeze_at)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.dim() != 4:
+            raise ValueError(f"ReXNet takes (N, C, H, W) inputs; got shape {tuple(x.shape)}")
+        outputs = {}
+        for name, stage in zip(self.stage_names, self.stages):
+            x = stage(x)
+            if name in self._out_features:
+                outputs[name] = x
+        return outputs
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+    def freeze(self, freeze_at: int = 0) -> ReXNet:
+        """Freezes the stem (freeze_at >= 1) and stage res{k} for every 2 <= k <= freeze_at.
+
+        Frozen blocks stop requiring grad and their BatchNorms become FrozenBatchNorm2d, as in
+        detectron2's ``ResNet.freeze``.
+        """
+        for index, stage in enumerate(self.stages, start=1):
+            if freeze_at >= index:
+                for block in stage.children():
+                    block.freeze()
+        return self
+
+
+@BACKBONE_REGISTRY.register()
+def build_rexnet_backbone(cfg, input_shape: ShapeSpec) -> ReXNet:
+    """ReXNet from ``cfg.MODEL.REXNET`` (WIDTH_MULT, OUT_FEATURES, NORM) and
+    ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
+    r = cfg.MODEL.REXNET
+    return ReXNet(
+        width_mult=r.WIDTH_MULT,
+        out_features=r.OUT_FEATURES,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        norm=resolve_norm(r.NORM, "MODEL.REXNET.NORM"),
+        in_channels=input_shape.channels,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_rexnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """FPN P2..P6 on ReXNet (P6 by max-pooling P5), as detectron2's
+    ``build_resnet_fpn_backbone``; reads ``cfg.MODEL.FPN``."""
+    return FPN(
+        bottom_up=build_rexnet_backbone(cfg, input_shape),
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
