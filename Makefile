@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 QUICKSTART_CONFIG := configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml
 QUICKSTART_OUT ?= output/quickstart
 
-.PHONY: install quickstart test lint format benchmark clean
+.PHONY: install quickstart test lint format benchmark model-zoo clean
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ format: install
 # Our default R-101 against detectron2's own, timed in one process (see tools/benchmark_backbone.py).
 benchmark: install
 	$(PY) tools/benchmark_backbone.py
+
+# Recount parameters and MACs of every preset (docs/model_complexity.json), then regenerate the
+# tables of MODEL_ZOO.md from it and from the weights catalog.
+model-zoo: install
+	$(PY) tools/model_complexity.py
+	$(PY) tools/generate_model_zoo.py
 
 clean:
 	rm -rf output

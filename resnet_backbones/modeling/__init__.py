@@ -7,6 +7,7 @@ from .backbone import (
     build_resnet_family_fpn_backbone,
     build_resnet_family_retinanet_fpn_backbone,
 )
+from .classifier import ImageClassifier, ResNetClassifier, build_classifier
 from .layers import BLOCK_CLASSES, STEM_CLASSES, make_stage
 from .rexnet import ReXNet, build_rexnet_backbone, build_rexnet_fpn_backbone
 from .roi_heads import Res5FamilyROIHeads
@@ -17,11 +18,14 @@ __all__ = [
     "DEPTHS",
     "STEM_CLASSES",
     "BlockOptions",
+    "ImageClassifier",
     "ReXNet",
     "Res5FamilyROIHeads",
+    "ResNetClassifier",
     "ResNetFamily",
     "ResNetSpec",
     "StageSpec",
+    "build_classifier",
     "build_res5_head",
     "build_rexnet_backbone",
     "build_rexnet_fpn_backbone",

@@ -154,8 +154,14 @@ def build_res5_head(spec: ResNetSpec) -> tuple[nn.Sequential, int]:
     """The res5 stage of the C4 head, from the backbone's own block type and options.
 
     As in detectron2's ``Res5ROIHeads``, it runs on pooled RoI features at stride 1 and its
-    first block always has stride 2 and no dilation.
+    first block always has stride 2 and no dilation. A pre-activation head ends with the
+    network's final norm and ReLU.
     """
+    if "res5" not in spec.feature_names:
+        raise ValueError(
+            "a C4 head needs a res5 stage, but this network (a CIFAR depth) ends at "
+            f"{spec.feature_names[-1]}"
+        )
     res5 = dataclasses.replace(spec.stage("res5"), stride=2, dilation=1)
     return make_stage(spec.block, res5, spec.options), res5.out_channels
 

@@ -273,6 +273,18 @@ def resnet_spec(
             res2net_scale * res2net_width if res2net_scale > 1 else width_per_group
         )
         bottleneck_widths = [res2_bottleneck * 2**i for i in range(len(STAGE_NAMES))]
+    if norm == "GN":
+        # detectron2's GN has 32 groups, which must divide every normalised width.
+        widths = {stem_out_channels, *out_widths, *bottleneck_widths}
+        if res2net_scale > 1:
+            widths |= {w // res2net_scale for w in bottleneck_widths}
+        bad = sorted(w for w in widths if w % 32)
+        if bad:
+            raise ValueError(
+                f"MODEL.RESNETS.NORM = 'GN' is not valid for this network: GroupNorm's 32 "
+                f"groups (detectron2) do not divide its {bad} channel widths; use 'BN', "
+                "'SyncBN' or 'FrozenBN'"
+            )
 
     stages = []
     in_channels = stem_out_channels

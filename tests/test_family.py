@@ -1,0 +1,480 @@
+"""The family's block types, stems and presets: wiring against hand-written formulas, the CIFAR
+parameter counts of the ResNet paper, deformable convolution on the CPU, freezing for every block
+type, and the errors for combinations that define no network."""
+
+import dataclasses
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+from torchvision.ops import deform_conv2d
+
+from resnet_backbones.engine import load_config
+from resnet_backbones.modeling import ResNetClassifier, ResNetFamily, resnet_spec, spec_from_config
+from resnet_backbones.modeling.backbone import build_res5_head
+from resnet_backbones.modeling.layers import BasicBlock, BottleneckBlock, DeformConv2d
+from resnet_backbones.modeling.spec import BLOCK_ORDERS, BlockOptions
+from resnet_backbones.presets import FPN_BACKBONES, PRESETS, apply_preset, preset_config
+
+from .conftest import REPO, randomize_norm_statistics
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# ResNet paper, Table 6 (CIFAR-10); Wide ResNet paper, Table 1 (WRN-28-10: 36.5M). Each count
+# equals the paper's to the digits the paper prints.
+PAPER_PARAMS = {
+    "CIFAR-ResNet-20": 0.27,
+    "CIFAR-ResNet-32": 0.46,
+    "CIFAR-ResNet-44": 0.66,
+    "CIFAR-ResNet-56": 0.85,
+    "CIFAR-ResNet-110": 1.7,
+    "CIFAR-ResNet-1202": 19.4,
+    "WRN-28-10": 36.5,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
+def test_cifar_parameter_counts_equal_the_papers(name):
+    preset = PRESETS[name]
+    model = ResNetClassifier(spec_from_config(preset_config(name)), num_classes=preset.num_classes)
+    published = PAPER_PARAMS[name]
+    decimals = len(str(published).split(".")[1])
+    assert round(_count(model) / 1e6, decimals) == published
+
+
+def test_plain_networks_have_the_resnets_parameters_but_no_shortcuts():
+    resnet = ResNetClassifier(spec_from_config(preset_config("CIFAR-ResNet-56")), num_classes=10)
+    plain = ResNetClassifier(spec_from_config(preset_config("CIFAR-Plain-56")), num_classes=10)
+    assert _count(resnet) == _count(plain)  # option A has no parameters
+    blocks = [m for m in plain.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 27 and not any(b.has_shortcut for b in blocks)
+
+
+@pytest.mark.parametrize("name", [n for n, p in PRESETS.items() if p.task == "classification"])
+def test_cifar_presets_classify_and_take_a_finite_step(name):
+    model = ResNetClassifier(spec_from_config(preset_config(name)), num_classes=10).train()
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    loss = F.cross_entropy(logits, torch.tensor([1, 7]))
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_cifar_stages_are_16_32_64_times_the_widen_factor():
+    spec = resnet_spec(28, stem="cifar", stem_out_channels=16, widen_factor=10, norm="BN")
+    model = ResNetFamily(spec, out_features=["stem", "res2", "res3", "res4"])
+    shapes = {k: (v.channels, v.stride) for k, v in model.output_shape().items()}
+    assert shapes == {"stem": (16, 1), "res2": (160, 1), "res3": (320, 2), "res4": (640, 4)}
+    out = model(torch.randn(1, 3, 32, 32))
+    assert {k: tuple(v.shape[1:]) for k, v in out.items()} == {
+        "stem": (16, 32, 32),
+        "res2": (160, 32, 32),
+        "res3": (320, 16, 16),
+        "res4": (640, 8, 8),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Block orders: each block equals the identity-mapping paper's formula, written out by hand.
+# --------------------------------------------------------------------------------------------
+def _basic(order, *, first_in_stage=False, shortcut="B", zero_init=False):
+    options = BlockOptions(norm="BN", order=order, shortcut=shortcut, zero_init_residual=zero_init)
+    block = BasicBlock(
+        8, 8, bottleneck_channels=8, first_in_stage=first_in_stage, options=options
+    ).eval()
+    if not zero_init:
+        randomize_norm_statistics(block)
+    return block
+
+
+def _formula(order, b, x):
+    relu = F.relu
+    if order == "post":  # (a)
+        return relu(b.conv2(relu(b.conv1(x))) + x)
+    if order == "bn_after_add":  # (b): the last conv has no norm; norm after the addition
+        return relu(b.add_norm(b.conv2(relu(b.conv1(x))) + x))
+    if order == "relu_before_add":  # (c)
+        return relu(b.conv2(relu(b.conv1(x)))) + x
+    if order == "relu_preact":  # (d)
+        return b.conv2(relu(b.conv1(relu(x)))) + x
+    # (e): norms before the convs, no norm after them
+    return b.conv2(relu(b.norm2(b.conv1(relu(b.norm1(x)))))) + x
+
+
+@pytest.mark.parametrize("order", BLOCK_ORDERS)
+def test_each_block_order_is_the_papers_formula(order):
+    block = _basic(order)
+    x = torch.randn(2, 8, 9, 11)
+    with torch.no_grad():
+        assert torch.allclose(block(x), _formula(order, block, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("order", BLOCK_ORDERS)
+def test_norm_placement_of_each_order(order):
+    block = _basic(order)
+    conv_norms = [getattr(block, f"conv{i}").norm for i in (1, 2)]
+    has = [n is not None for n in conv_norms]
+    expected = {
+        "post": [True, True],
+        "bn_after_add": [True, False],
+        "relu_before_add": [True, True],
+        "relu_preact": [True, True],
+        "preact": [False, False],
+    }[order]
+    assert has == expected
+    assert (block.add_norm is not None) == (order == "bn_after_add")
+    assert (block.norm1 is not None) == (order == "preact")
+
+
+@pytest.mark.parametrize("order", ["relu_before_add", "relu_preact", "preact"])
+def test_zero_init_residual_makes_clean_identity_blocks_exact_identities(order):
+    # In (c), (d) and (e) nothing follows the addition, so a zero residual branch passes the
+    # input through unchanged: the point of the identity-mapping paper.
+    block = _basic(order, zero_init=True)
+    x = torch.randn(2, 8, 9, 11)
+    with torch.no_grad():
+        assert torch.equal(block(x), x)
+
+
+def test_a_preact_stages_first_block_reads_its_input_already_activated():
+    block = _basic("preact", first_in_stage=True)
+    assert block.norm1 is None
+    x = torch.randn(2, 8, 9, 11).relu()
+    with torch.no_grad():
+        assert torch.allclose(block(x), block.conv2(F.relu(block.norm2(block.conv1(x)))) + x)
+
+
+def test_shortcut_none_drops_the_addition():
+    plain = _basic("post", shortcut="none")
+    x = torch.randn(2, 8, 9, 11)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), F.relu(plain.conv2(F.relu(plain.conv1(x)))))
+
+
+@pytest.mark.parametrize("order", BLOCK_ORDERS)
+def test_every_order_builds_a_network_with_the_documented_outputs(order):
+    shortcut = "B"
+    spec = resnet_spec(50, norm="BN", block_order=order, shortcut=shortcut, se_ratio=8)
+    model = ResNetFamily(spec, out_features=["stem", "res2", "res3", "res4", "res5"]).eval()
+    out = model(torch.randn(1, 3, 64, 64))
+    for name, shape in model.output_shape().items():
+        assert out[name].shape[1] == shape.channels
+        assert out[name].shape[-1] == 64 // shape.stride
+    if order == "preact":
+        # v2: every feature is normalised and activated; res5 ends with the final norm + ReLU.
+        assert all((v >= 0).all() for v in out.values())
+        assert isinstance(model.res5.norm, torch.nn.BatchNorm2d)
+
+
+def test_preact_c4_head_ends_with_the_final_norm():
+    spec = resnet_spec(50, norm="BN", block_order="preact", stride_in_1x1=False)
+    head, channels = build_res5_head(spec)
+    assert channels == 2048
+    assert list(dict(head.named_children()))[-2:] == ["norm", "relu"]
+
+
+# --------------------------------------------------------------------------------------------
+# Res2Net, SE, dropout
+# --------------------------------------------------------------------------------------------
+def test_res2net_first_block_pools_its_last_split_and_others_do_not():
+    spec = resnet_spec(50, norm="BN", res2net_scale=4, res2net_width=26, stride_in_1x1=False)
+    model = ResNetFamily(spec, out_features=["res5"])
+    for stage in (model.res2, model.res3):
+        assert stage[0].conv2.pool is not None and stage[0].conv2.pool.stride == stage[0].stride
+        assert all(block.conv2.pool is None for block in list(stage)[1:])
+    assert model.res2[0].conv2.width == 26 and model.res5[0].conv2.width == 208
+
+
+def test_se_reduces_channels_by_the_ratio_rounded_to_eight():
+    spec = resnet_spec(50, norm="BN", se_ratio=16)
+    model = ResNetFamily(spec, out_features=["res5"])
+    assert model.res2[0].se.fc1.out_channels == 16  # 256 / 16
+    assert model.res5[0].se.fc1.out_channels == 128  # 2048 / 16
+
+
+def test_dropout_acts_in_training_only():
+    spec = resnet_spec(20, stem="cifar", stem_out_channels=16, norm="BN", dropout=0.5)
+    model = ResNetFamily(spec, out_features=["res4"])
+    x = torch.randn(2, 3, 16, 16)
+    model.train()
+    assert not torch.equal(model(x)["res4"], model(x)["res4"])
+    model.eval()
+    assert torch.equal(model(x)["res4"], model(x)["res4"])
+
+
+# --------------------------------------------------------------------------------------------
+# Deformable convolution (torchvision.ops): CPU forward and backward, v1 and modulated v2
+# --------------------------------------------------------------------------------------------
+def test_deform_conv_with_zero_offsets_is_a_regular_conv():
+    conv = DeformConv2d(6, 4, stride=2, padding=2, dilation=2)
+    x = torch.randn(2, 6, 11, 13)
+    offset = torch.zeros(2, 18, 6, 7)
+    expected = F.conv2d(x, conv.weight, stride=2, padding=2, dilation=2)
+    assert torch.allclose(conv(x, offset), expected, atol=1e-5)
+    assert torch.allclose(conv(x, offset, torch.full((2, 9, 6, 7), 0.5)), 0.5 * expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_deform_gradients_are_correct_on_the_cpu(modulated):
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 5, 5, dtype=torch.double, requires_grad=True)
+    weight = torch.randn(3, 2, 3, 3, dtype=torch.double, requires_grad=True)
+    offset = (torch.rand(1, 18, 5, 5, dtype=torch.double) * 2 - 1).requires_grad_()
+    mask = torch.rand(1, 9, 5, 5, dtype=torch.double, requires_grad=True) if modulated else None
+    inputs = (x, offset, weight) + ((mask,) if modulated else ())
+
+    def fn(x, offset, weight, mask=None):
+        return deform_conv2d(x, offset, weight, padding=1, mask=mask)
+
+    assert torch.autograd.gradcheck(fn, inputs, atol=1e-5)
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_a_dcn_block_starts_as_its_regular_block_and_trains(modulated):
+    options = BlockOptions(norm="BN", deform_modulated=modulated, stride_in_1x1=False)
+    kwargs = dict(bottleneck_channels=8, stride=2, first_in_stage=True)
+    dcn = BottleneckBlock(16, 32, deform=True, options=options, **kwargs).eval()
+    regular = BottleneckBlock(16, 32, deform=False, options=options, **kwargs).eval()
+    randomize_norm_statistics(dcn)
+    state = {k: v for k, v in dcn.state_dict().items() if not k.startswith("conv2_offset")}
+    regular.load_state_dict(state, strict=True)
+    x = torch.randn(2, 16, 15, 17)
+    with torch.no_grad():
+        if modulated:  # the zero-initialised mask is sigmoid(0) = 0.5 everywhere
+            regular.conv2.weight.mul_(0.5)
+        assert torch.allclose(dcn(x), regular(x), atol=1e-5)
+
+    dcn.train()
+    with torch.no_grad():  # move the offsets off zero, so their gradient is not degenerate
+        dcn.conv2_offset.weight.normal_(0, 0.1)
+    dcn(x).square().mean().backward()
+    assert dcn.conv2_offset.weight.grad.abs().sum() > 0
+    assert dcn.conv2.weight.grad.abs().sum() > 0
+
+
+def test_dcn_is_built_where_the_config_asks_and_nowhere_else():
+    cfg = load_config(
+        os.path.join(REPO, "configs/COCO-Detection/faster_rcnn_R_101_DCN_c3-c5_FPN_3x.yaml")
+    )
+    model = ResNetFamily(spec_from_config(cfg), out_features=["res5"])
+    assert not any(hasattr(b, "conv2_offset") for b in model.res2)
+    for stage in (model.res3, model.res4, model.res5):
+        assert all(isinstance(b.conv2, DeformConv2d) for b in stage)
+
+
+# --------------------------------------------------------------------------------------------
+# Freezing and norms, the same for every block type
+# --------------------------------------------------------------------------------------------
+VARIANTS = {
+    "v1": {},
+    "bn_after_add": dict(block_order="bn_after_add"),
+    "v2": dict(block_order="preact", stride_in_1x1=False),
+    "res2net": dict(res2net_scale=4, res2net_width=26, stride_in_1x1=False),
+    "se": dict(se_ratio=16),
+    "dcn-v2": dict(deform_on_per_stage=[False, True, True, True], deform_modulated=True),
+    "resnet-d": dict(stem="deep", avg_down=True),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("freeze_at", [0, 2, 5])
+def test_freezing_is_the_same_for_every_block_type(variant, freeze_at):
+    spec = resnet_spec(50, norm="BN", **VARIANTS[variant])
+    model = ResNetFamily(spec, out_features=["res5"], freeze_at=freeze_at)
+    parts = [("stem", model.stem)] + [(n, getattr(model, n)) for n in model.stage_names]
+    for index, (name, module) in enumerate(parts, start=1):
+        frozen = freeze_at >= index
+        assert all(p.requires_grad != frozen for p in module.parameters()), name
+        norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        frozen_norms = [m for m in module.modules() if isinstance(m, FrozenBatchNorm2d)]
+        assert (not norms and frozen_norms) if frozen else (norms and not frozen_norms), name
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_frozen_bn_computes_what_bn_computes_in_eval(variant):
+    spec = resnet_spec(50, norm="BN", **VARIANTS[variant])
+    model = ResNetFamily(spec, out_features=["res5"]).eval()
+    randomize_norm_statistics(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)["res5"]
+        model.freeze(5)
+        assert torch.allclose(model(x)["res5"], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "GN", ""])
+def test_v2_and_res2net_build_with_other_norms(norm):
+    for variant in ("v2", "se") if norm == "GN" else ("v2", "res2net", "se"):
+        spec = resnet_spec(50, norm=norm, **VARIANTS[variant])
+        out = ResNetFamily(spec, out_features=["res5"])(torch.randn(1, 3, 64, 64))
+        assert torch.isfinite(out["res5"]).all(), (variant, norm)
+
+
+# --------------------------------------------------------------------------------------------
+# Combinations that define no network
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(depth=18, res2_out_channels=64, res2net_scale=4), r"RES2NET_SCALE = 4 .*basic blocks"),
+        (dict(depth=50, block_order="preact", shortcut="A"), r"SHORTCUT = 'A' is not defined"),
+        (dict(depth=50, res2net_scale=4, block_order="preact"), r"'post' only"),
+        (dict(depth=50, res2net_scale=4, width_per_group=4), r"WIDTH_PER_GROUP = 4 does not"),
+        (dict(depth=50, widen_factor=2), r"WIDEN_FACTOR = 2 only applies to CIFAR"),
+        (dict(depth=20), r"DEPTH = 20 is a CIFAR depth .* needs MODEL.RESNETS.STEM 'cifar'"),
+        (dict(depth=21, stem="cifar"), r"DEPTH = 21 is not valid; valid values: 18, 34"),
+        (
+            dict(depth=34, res2_out_channels=64, deform_on_per_stage=[False, True, True, True]),
+            r"DEFORM_ON_PER_STAGE .* basic blocks",
+        ),
+        (
+            dict(depth=50, res2net_scale=4, deform_on_per_stage=[False, False, False, True]),
+            r"no single 3x3 conv",
+        ),
+        (dict(depth=50, deform_on_per_stage=[True]), r"one flag per stage"),
+        (dict(depth=50, dropout=1.0), r"DROPOUT = 1.0 is not valid; it must be in \[0, 1\)"),
+        (dict(depth=50, se_ratio=-1), r"SE_RATIO = -1 is not valid"),
+        (dict(depth=50, block_order="pre"), r"BLOCK_ORDER = 'pre' is not valid; valid values: 'post'"),
+        (dict(depth=50, shortcut="D"), r"SHORTCUT = 'D' is not valid; valid values: 'A', 'B', 'C', 'none'"),
+        (dict(depth=20, stem="cifar", res5_dilation=2), r"CIFAR networks have no res5"),
+        (
+            dict(depth=50, norm="GN", res2net_scale=4, res2net_width=26),
+            r"NORM = 'GN' is not valid .* do not divide its \[26, 52, 104, 208\] channel widths",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_combinations_say_why(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        resnet_spec(**kwargs)
+
+
+def test_a_c4_head_needs_a_res5():
+    spec = resnet_spec(20, stem="cifar", stem_out_channels=16, norm="BN")
+    with pytest.raises(ValueError, match="C4 head needs a res5"):
+        build_res5_head(spec)
+
+
+def test_cifar_out_features_stop_at_res4():
+    spec = resnet_spec(20, stem="cifar", stem_out_channels=16, norm="BN")
+    with pytest.raises(ValueError, match=r"'res5' is not valid; valid values: 'stem', 'res2'"):
+        ResNetFamily(spec, out_features=["res5"])
+
+
+# --------------------------------------------------------------------------------------------
+# Presets and their configs
+# --------------------------------------------------------------------------------------------
+def test_every_preset_config_builds_exactly_its_preset():
+    listed = []
+    for name, preset in PRESETS.items():
+        expected_cfg = preset_config(name)
+        for config in preset.configs:
+            listed.append(config)
+            cfg = load_config(os.path.join(REPO, config))
+            if preset.keys.get("MODEL.BACKBONE.NAME", "").startswith("build_rexnet"):
+                assert cfg.MODEL.BACKBONE.NAME.startswith("build_rexnet")
+                assert cfg.MODEL.REXNET.WIDTH_MULT == expected_cfg.MODEL.REXNET.WIDTH_MULT
+                continue
+            got, want = spec_from_config(cfg), spec_from_config(expected_cfg)
+            # A config may choose the norm and the res5 dilation (DC5); the network is the same.
+            got = dataclasses.replace(
+                got,
+                options=dataclasses.replace(got.options, norm=want.options.norm),
+                stages=tuple(dataclasses.replace(s, dilation=1, stride=w.stride)
+                             for s, w in zip(got.stages, want.stages)),
+            )  # fmt: skip
+            assert got == want, config
+    assert len(listed) == len(set(listed))
+    on_disk = {
+        os.path.relpath(os.path.join(root, f), REPO)
+        for root, _, files in os.walk(os.path.join(REPO, "configs", "COCO-Detection"))
+        for f in files
+    }
+    assert on_disk <= set(listed), f"configs without a preset: {sorted(on_disk - set(listed))}"
+
+
+def test_every_detection_preset_has_an_fpn_config():
+    wanted = [
+        "R-101-v2", "Res2Net-50-26w-4s", "Res2Net-101-26w-4s", "SE-R-50", "SE-R-101",
+        "SE-X-101-32x4d", "R-50-D", "R-101-D", "WRN-50-2", "R-101-DCN-c3-c5",
+    ]  # fmt: skip
+    for name in wanted:
+        assert any("FPN" in c for c in PRESETS[name].configs), name
+    for name in ("R-101-v2", "Res2Net-101-26w-4s"):
+        forms = {c.rsplit("_", 2)[-2] for c in PRESETS[name].configs}
+        assert forms == {"C4", "DC5", "FPN"}, name
+
+
+# --------------------------------------------------------------------------------------------
+# Every detection preset trains a step in every detector form it claims
+# --------------------------------------------------------------------------------------------
+BASE_CONFIGS = {
+    "C4": "Base-RCNN-C4.yaml",
+    "DC5": "Base-RCNN-DilatedC5.yaml",
+    "FPN": "Base-RCNN-FPN.yaml",
+}
+
+
+def _form_of(cfg):
+    if cfg.MODEL.BACKBONE.NAME in FPN_BACKBONES.values():
+        return "FPN"
+    return "DC5" if cfg.MODEL.RESNETS.RES5_DILATION == 2 else "C4"
+
+
+def _covered_by_configs():
+    """(preset, form) pairs that test_configs.py already steps through a full config."""
+    covered = set()
+    for name, preset in PRESETS.items():
+        for config in preset.configs:
+            covered.add((name, _form_of(load_config(os.path.join(REPO, config)))))
+    return covered
+
+
+COVERED = _covered_by_configs()
+PRESET_FORMS = [(n, f) for n, p in PRESETS.items() for f in p.forms]
+
+
+def test_preset_configs_are_in_the_forms_they_claim():
+    assert all(form in PRESETS[name].forms for name, form in COVERED)
+    assert {f for n, f in PRESET_FORMS if n == "ReXNet-100"} == {"FPN"}
+    assert len(PRESET_FORMS) == 16 * 3 + 1
+
+
+@pytest.mark.parametrize("name, form", [c for c in PRESET_FORMS if c not in COVERED])
+def test_every_preset_takes_a_training_step_in_every_form_it_claims(name, form):
+    cfg = load_config(os.path.join(REPO, "configs", BASE_CONFIGS[form]))
+    apply_preset(cfg, name)
+    # Small RoI budgets: one step on the CPU, not a recipe.
+    cfg.merge_from_list(
+        ["MODEL.DEVICE", "cpu", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 256,
+         "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32]
+    )  # fmt: skip
+    assert _form_of(cfg) == form
+    model = build_model(cfg).train()
+    assert spec_from_config(cfg) == spec_from_config(preset_config(name)) or form == "DC5"
+    images = [(128, 160), (160, 128)]
+    batch = []
+    for h, w in images:
+        instances = Instances((h, w))
+        instances.gt_boxes = Boxes(
+            torch.tensor([[8.0, 10.0, 90.0, 100.0], [50.0, 30.0, 120.0, 110.0]])
+        )
+        instances.gt_classes = torch.tensor([0, 5])
+        batch.append({"image": torch.rand(3, h, w) * 255, "instances": instances})
+    with EventStorage(0):
+        losses = model(batch)
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
+    total = sum(losses.values())
+    assert math.isfinite(total.item()), losses
+    total.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)

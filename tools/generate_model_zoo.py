@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Writes the generated tables of MODEL_ZOO.md.
+
+    python tools/generate_model_zoo.py           # rewrites the generated sections in place
+    python tools/generate_model_zoo.py --check   # exits 1 if MODEL_ZOO.md is stale
+
+Each generated section of MODEL_ZOO.md lies between the lines
+``<!-- BEGIN GENERATED: NAME (tools/generate_model_zoo.py) -->`` and ``<!-- END GENERATED: NAME -->``;
+everything else in the file is left as it is. The sections come from data in the repository,
+never typed by hand:
+
+* ``complexity``: docs/model_complexity.json (written by tools/model_complexity.py);
+* ``weights``: the model-zoo catalog, resnet_backbones/weights/catalog.py, with the parameter
+  counts measured on the built models (docs/model_complexity.json has the same counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Callable
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_ZOO = os.path.join(REPO, "MODEL_ZOO.md")
+COMPLEXITY = os.path.join(REPO, "docs", "model_complexity.json")
+
+
+def _section_re(name: str) -> re.Pattern:
+    return re.compile(
+        rf"(<!-- BEGIN GENERATED: {name} \(tools/generate_model_zoo.py\) -->\n)(.*?)"
+        rf"(<!-- END GENERATED: {name} -->)",
+        re.S,
+    )
+
+
+def _m(count: int) -> str:
+    return f"{count / 1e6:.2f}"
+
+
+def _g(macs: int) -> str:
+    return f"{macs / 1e9:.2f}"
+
+
+def render_complexity(data: dict) -> str:
+    from resnet_backbones.presets import PRESETS
+
+    lines = [
+        f"Counted by `tools/model_complexity.py` (fvcore): {data['convention']}. Parameters "
+        "include the norms' affine weights. GMACs = 10^9 multiply-accumulates.",
+        "",
+        "| preset | task | params (M) | GMACs, classifier | backbone params (M) | "
+        "GMACs, backbone at 800x1333 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, counts in data["presets"].items():
+        c = counts["classifier"]
+        h, w = c["input"]
+        det = counts.get("detection_backbone")
+        lines.append(
+            f"| {name} | {PRESETS[name].task} | {_m(c['params'])} | {_g(c['macs'])} "
+            f"({h}x{w}, {c['num_classes']} classes) | "
+            + (f"{_m(det['params'])} | {_g(det['macs'])} |" if det else "- | - |")
+        )
+    lines += [
+        "",
+        "The classifier is the backbone, global average pooling and a linear layer; the "
+        "detection backbone is res2..res5 as the FPN reads them (no classifier). The same counts "
+        "beside the published ones (ImageNet classifier, 224x224), for each stride placement:",
+        "",
+        "| network | stride in the | params (M) | published params (M) | GMACs | published "
+        "GMACs | published by |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in data["published"]:
+        published_params = (
+            _m(row["published_params"]) if row["published_params"] is not None else "-"
+        )
+        lines.append(
+            f"| {row['preset']} | {row['stride_in']} conv | {_m(row['params'])} | "
+            f"{published_params} | {row['macs'] / 1e9:.3f} | {row['published_gmacs']} | "
+            f"{row['source']} |"
+        )
+    lines += [
+        "",
+        "torchvision's figures are read from torchvision's own weight metadata "
+        "(`ResNet50_Weights.IMAGENET1K_V1.meta`); the ResNet paper's are its Table 1 "
+        "(multiply-adds, one decimal). A test recomputes every number here and compares.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def sections() -> dict[str, Callable[[], str]]:
+    def complexity() -> str:
+        with open(COMPLEXITY, encoding="utf-8") as f:
+            return render_complexity(json.load(f))
+
+    return {"complexity": complexity}
+
+
+def generate(text: str) -> str:
+    """``text`` (MODEL_ZOO.md) with every generated section rewritten."""
+    for name, render in sections().items():
+        pattern = _section_re(name)
+        if not pattern.search(text):
+            raise ValueError(
+                f"MODEL_ZOO.md has no generated section {name!r}: add the lines "
+                f"'<!-- BEGIN GENERATED: {name} (tools/generate_model_zoo.py) -->' and "
+                f"'<!-- END GENERATED: {name} -->'"
+            )
+        body = render()
+        text = pattern.sub(lambda m, body=body: m[1] + body + m[3], text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if MODEL_ZOO.md is stale")
+    parser.add_argument("--path", default=MODEL_ZOO, help="the file (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, REPO)
+    import resnet_backbones  # noqa: F401  (registers everything; before detectron2)
+
+    with open(args.path, encoding="utf-8") as f:
+        current = f.read()
+    fresh = generate(current)
+    if args.check:
+        if fresh != current:
+            print(
+                f"{args.path} is stale: run `python tools/generate_model_zoo.py`", file=sys.stderr
+            )
+            return 1
+        print(f"{args.path} is up to date")
+        return 0
+    if fresh != current:
+        with open(args.path, "w", encoding="utf-8") as f:
+            f.write(fresh)
+        print(f"Rewrote the generated sections of {args.path}")
+    else:
+        print(f"{args.path} was up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Counts the parameters and multiply-accumulates of every preset, with fvcore.
+
+    python tools/model_complexity.py            # writes docs/model_complexity.json
+    python tools/model_complexity.py --check    # exits 1 if the file differs from the models
+
+For each preset: the classifier (224x224, 1000 classes; CIFAR networks 32x32, 10 classes) and
+the detection backbone res2..res5 at 800x1333; plus our counts beside the published ones of the
+ResNet paper and torchvision. tools/generate_model_zoo.py turns the file into MODEL_ZOO.md's
+tables. The convention is in resnet_backbones/complexity.py. About a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+# Before anything from detectron2 (see tools/train_net.py).
+import resnet_backbones  # noqa: F401
+
+# isort: split
+from resnet_backbones.complexity import preset_complexity, published_comparison
+from resnet_backbones.presets import PRESETS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO, "docs", "model_complexity.json")
+CONVENTION = (
+    "multiply-accumulates of convolutions (deformable ones as regular convs) and fully "
+    "connected layers; norms, activations, pooling and additions are not counted"
+)
+
+
+def measure(names, log=print) -> dict:
+    presets = {}
+    start = time.monotonic()
+    for i, name in enumerate(names, start=1):
+        presets[name] = preset_complexity(name)
+        elapsed = time.monotonic() - start
+        eta = elapsed / i * (len(names) - i)
+        log(f"[{i}/{len(names)}] {name}: {presets[name]} ({elapsed:.0f} s, ETA {eta:.0f} s)")
+    return {
+        "convention": CONVENTION,
+        "presets": presets,
+        "published": published_comparison(),
+    }
+
+
+def dumps(data: dict) -> str:
+    return json.dumps(data, indent=1, sort_keys=False) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default=DEFAULT_OUT, help="the JSON file (default: %(default)s)")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with --out instead of writing it"
+    )
+    args = parser.parse_args(argv)
+
+    data = measure(list(PRESETS), log=lambda m: print(m, file=sys.stderr, flush=True))
+    text = dumps(data)
+    if args.check:
+        try:
+            with open(args.out, encoding="utf-8") as f:
+                pinned = f.read()
+        except FileNotFoundError:
+            print(f"{args.out} does not exist; run tools/model_complexity.py", file=sys.stderr)
+            return 1
+        if pinned != text:
+            old = json.loads(pinned)
+            changed = [
+                n
+                for n in set(old.get("presets", {})) | set(data["presets"])
+                if old.get("presets", {}).get(n) != data["presets"].get(n)
+            ]
+            print(
+                f"{args.out} is stale: the models of {sorted(changed) or 'the comparison'} "
+                "changed; run tools/model_complexity.py (and tools/generate_model_zoo.py)",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{args.out} matches the models")
+        return 0
+    folder = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, args.out)
+    print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
