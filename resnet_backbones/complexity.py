@@ -32,6 +32,7 @@ __all__ = [
     "DETECTION_SIZE",
     "count_macs",
     "count_parameters",
+    "arch_complexity",
     "preset_complexity",
     "published_comparison",
     "torchvision_published",
@@ -125,6 +126,27 @@ def _trainable_norms(cfg):
     if cfg.MODEL.REXNET.NORM == "FrozenBN":
         cfg.MODEL.REXNET.NORM = "BN"
     return cfg
+
+
+def arch_complexity(name: str) -> dict[str, Any]:
+    """Parameters and MACs of the ImageNet classifier (224x224, 1000 classes) of architecture
+    ``name`` of :data:`resnet_backbones.weights.archs.ARCHS`: the network its weights fill.
+
+    Returns:
+        ``{"input": [224, 224], "num_classes": 1000, "params": p, "macs": m}``.
+    """
+    from .weights.archs import arch_config, get_arch
+
+    cfg = _trainable_norms(arch_config(get_arch(name)))
+    size = CLASSIFICATION_SIZE["detection"]
+    torch.manual_seed(0)
+    model = build_classifier(cfg, num_classes=1000)
+    return {
+        "input": list(size),
+        "num_classes": 1000,
+        "params": count_parameters(model),
+        "macs": count_macs(model, size),
+    }
 
 
 def _detection_backbone(cfg) -> nn.Module:

@@ -17,6 +17,7 @@ __all__ = [
     "TIMM_RES2NET",
     "TIMM_RESNETV2",
     "TIMM_RESNET_D",
+    "TIMM_REXNET",
     "TIMM_SE_RESNET",
     "TORCHVISION_RESNET",
     "convert_state_dict",

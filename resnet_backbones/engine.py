@@ -17,6 +17,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from ._compat import uses_c_stand_in
 from .config import OPTIMIZERS, add_resnet_backbones_config
 from .modeling.spec import check_choice
+from .weights.checkpoint import FamilyCheckpointer
 
 __all__ = ["DatasetNotFoundError", "Trainer", "check_datasets", "load_config", "use_cpu_if_no_cuda"]
 
@@ -93,11 +94,25 @@ def check_datasets(names: Sequence[str]) -> None:
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with COCO evaluation on pycocotools.
+    """detectron2's DefaultTrainer with COCO evaluation on pycocotools, loading MODEL.WEIGHTS
+    with :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer`.
 
     Without detectron2's compiled ops, COCOEvaluator's fast path is unavailable; the evaluator
     then runs plain pycocotools (``use_fast_impl=False``), with the same numbers.
     """
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ makes a DetectionCheckpointer (plain pickle for .pkl, no
+        # backbone check) just before building the hooks: load and save with ours instead.
+        old = self.checkpointer
+        self.checkpointer = FamilyCheckpointer(
+            old.model,
+            old.save_dir,
+            cfg=self.cfg,
+            save_to_disk=old.save_to_disk,
+            **old.checkpointables,
+        )
+        return super().build_hooks()
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

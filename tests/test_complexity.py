@@ -14,6 +14,7 @@ from torch import nn
 
 from resnet_backbones.complexity import (
     PAPER_GMACS,
+    arch_complexity,
     count_macs,
     count_parameters,
     preset_complexity,
@@ -21,6 +22,7 @@ from resnet_backbones.complexity import (
 )
 from resnet_backbones.modeling.layers import DeformConv2d
 from resnet_backbones.presets import PRESETS
+from resnet_backbones.weights.archs import ARCHS
 
 from .conftest import REPO
 
@@ -28,8 +30,14 @@ with open(os.path.join(REPO, "docs", "model_complexity.json"), encoding="utf-8")
     PINNED = json.load(_f)
 
 
-def test_every_preset_is_pinned():
+def test_every_preset_and_arch_is_pinned():
     assert list(PINNED["presets"]) == list(PRESETS)
+    assert list(PINNED["archs"]) == list(ARCHS)
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_arch_complexity_is_pinned(name):
+    assert arch_complexity(name) == PINNED["archs"][name]
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

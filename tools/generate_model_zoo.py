@@ -93,12 +93,82 @@ def render_complexity(data: dict) -> str:
     return "\n".join(lines)
 
 
-def sections() -> dict[str, Callable[[], str]]:
-    def complexity() -> str:
-        with open(COMPLEXITY, encoding="utf-8") as f:
-            return render_complexity(json.load(f))
+def _keys(config: dict) -> str:
+    short = {k.replace("MODEL.RESNETS.", "").replace("MODEL.REXNET.", "REXNET."): v
+             for k, v in config.items()
+             if not k.startswith(("INPUT.", "MODEL.PIXEL_"))}  # fmt: skip
+    return ", ".join(f"`{k}: {v}`" for k, v in short.items())
 
-    return {"complexity": complexity}
+
+def _pixels(config: dict) -> str:
+    mean, std = config["MODEL.PIXEL_MEAN"], config["MODEL.PIXEL_STD"]
+    return f"{config['INPUT.FORMAT']}, mean {mean}, std {std}"
+
+
+def render_weights(complexity: dict) -> str:
+    from resnet_backbones.weights.archs import ARCHS
+    from resnet_backbones.weights.catalog import CATALOG
+
+    lines = [
+        "| `MODEL.WEIGHTS` | published by (format) | architecture | params (M) | GMACs | "
+        "top-1 % (published) | test protocol of the top-1 | SHA-256 checked | licence |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, e in CATALOG.items():
+        counts = complexity["archs"][e.arch]
+        if counts["params"] != e.num_params:
+            raise ValueError(f"{name}: the catalog's {e.num_params} parameters are not the model's")
+        top1 = f"{e.top1:g}" if e.top1 is not None else "not published"
+        digest = (
+            f"`{e.sha256[:12]}...`"
+            if e.sha256
+            else f"prefix `{e.sha256_prefix}`"
+            if e.sha256_prefix
+            else "none published"
+        )
+        licence = ("**non-commercial**: " if e.non_commercial else "") + e.license
+        lines.append(
+            f"| `resnet_backbones://{name}` | {e.source} | `{e.arch}` | {_m(counts['params'])} | "
+            f"{_g(counts['macs'])} | {top1} | {e.test_protocol} | {digest} | {licence} |"
+        )
+    lines += [
+        "",
+        "Parameters and GMACs are our counts of the ImageNet classifier each file fills (224x224, "
+        "1000 classes; docs/model_complexity.json); a test checks that they equal the publisher's "
+        "parameter count. Where the top-1 and the licence come from:",
+        "",
+    ]
+    lines += [
+        f"- `{name}`: top-1: {e.top1_source}; licence: {e.license_source}"
+        for name, e in CATALOG.items()
+    ]
+    lines += [
+        "",
+        "The config keys that build each architecture and feed it as its weights were trained "
+        "(`tools/convert_weights.py` writes the same keys as a YAML fragment; the checkpointer "
+        "refuses a config whose input format, pixel statistics or stride placement contradicts "
+        "them):",
+        "",
+        "| architecture | publisher | input | keys |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, arch in ARCHS.items():
+        lines.append(
+            f"| `{name}` | {arch.source} | {_pixels(arch.config)} | {_keys(arch.config)} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def sections() -> dict[str, Callable[[], str]]:
+    def load() -> dict:
+        with open(COMPLEXITY, encoding="utf-8") as f:
+            return json.load(f)
+
+    return {
+        "weights": lambda: render_weights(load()),
+        "complexity": lambda: render_complexity(load()),
+    }
 
 
 def generate(text: str) -> str:

@@ -5,8 +5,9 @@
     python tools/model_complexity.py --check    # exits 1 if the file differs from the models
 
 For each preset: the classifier (224x224, 1000 classes; CIFAR networks 32x32, 10 classes) and
-the detection backbone res2..res5 at 800x1333; plus our counts beside the published ones of the
-ResNet paper and torchvision. tools/generate_model_zoo.py turns the file into MODEL_ZOO.md's
+the detection backbone res2..res5 at 800x1333; for each architecture whose published weights we
+load (resnet_backbones/weights/archs.py), its ImageNet classifier; plus our counts beside the
+published ones of the ResNet paper and torchvision. tools/generate_model_zoo.py turns the file into MODEL_ZOO.md's
 tables. The convention is in resnet_backbones/complexity.py. About a minute on 2 CPU cores.
 """
 
@@ -23,8 +24,9 @@ import time
 import resnet_backbones  # noqa: F401
 
 # isort: split
-from resnet_backbones.complexity import preset_complexity, published_comparison
+from resnet_backbones.complexity import arch_complexity, preset_complexity, published_comparison
 from resnet_backbones.presets import PRESETS
+from resnet_backbones.weights.archs import ARCHS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "docs", "model_complexity.json")
@@ -34,19 +36,18 @@ CONVENTION = (
 )
 
 
-def measure(names, log=print) -> dict:
-    presets = {}
+def measure(log=print) -> dict:
+    jobs = [("presets", n, preset_complexity) for n in PRESETS]
+    jobs += [("archs", n, arch_complexity) for n in ARCHS]
+    data: dict = {"convention": CONVENTION, "presets": {}, "archs": {}}
     start = time.monotonic()
-    for i, name in enumerate(names, start=1):
-        presets[name] = preset_complexity(name)
+    for i, (group, name, count) in enumerate(jobs, start=1):
+        data[group][name] = count(name)
         elapsed = time.monotonic() - start
-        eta = elapsed / i * (len(names) - i)
-        log(f"[{i}/{len(names)}] {name}: {presets[name]} ({elapsed:.0f} s, ETA {eta:.0f} s)")
-    return {
-        "convention": CONVENTION,
-        "presets": presets,
-        "published": published_comparison(),
-    }
+        eta = elapsed / i * (len(jobs) - i)
+        log(f"[{i}/{len(jobs)}] {name}: {data[group][name]} ({elapsed:.0f} s, ETA {eta:.0f} s)")
+    data["published"] = published_comparison()
+    return data
 
 
 def dumps(data: dict) -> str:
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
 
-    data = measure(list(PRESETS), log=lambda m: print(m, file=sys.stderr, flush=True))
+    data = measure(log=lambda m: print(m, file=sys.stderr, flush=True))
     text = dumps(data)
     if args.check:
         try:
@@ -76,8 +77,9 @@ def main(argv=None) -> int:
             old = json.loads(pinned)
             changed = [
                 n
-                for n in set(old.get("presets", {})) | set(data["presets"])
-                if old.get("presets", {}).get(n) != data["presets"].get(n)
+                for group in ("presets", "archs")
+                for n in set(old.get(group, {})) | set(data[group])
+                if old.get(group, {}).get(n) != data[group].get(n)
             ]
             print(
                 f"{args.out} is stale: the models of {sorted(changed) or 'the comparison'} "

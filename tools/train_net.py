@@ -24,7 +24,6 @@ import torch
 import resnet_backbones  # noqa: F401
 
 # isort: split
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -33,6 +32,7 @@ from detectron2.utils.logger import setup_logger
 
 from resnet_backbones.engine import Trainer, check_datasets, load_config, use_cpu_if_no_cuda
 from resnet_backbones.visualize import draw_detections, plot_learning_curve
+from resnet_backbones.weights.checkpoint import FamilyCheckpointer
 
 logger = logging.getLogger("resnet_backbones.train_net")
 
@@ -60,7 +60,12 @@ def write_pictures(cfg, model, num_images: int, title: str = "") -> None:
             logger.warning("No learning curve: %s", e)
     if num_images > 0 and cfg.DATASETS.TEST:
         name = cfg.DATASETS.TEST[0]
-        predictor = DefaultPredictor(cfg)
+        # The model is loaded already; a DefaultPredictor would read MODEL.WEIGHTS once more,
+        # with detectron2's plain pickle.
+        predictor_cfg = cfg.clone()
+        predictor_cfg.defrost()
+        predictor_cfg.MODEL.WEIGHTS = ""
+        predictor = DefaultPredictor(predictor_cfg)
         predictor.model = model.eval()
         out = draw_detections(
             predictor,
@@ -75,7 +80,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        FamilyCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

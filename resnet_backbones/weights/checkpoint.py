@@ -1,0 +1,362 @@
+"""``MODEL.WEIGHTS`` for resnet_backbones: safe reading, any known format, strict backbone.
+
+:class:`FamilyCheckpointer` is detectron2's ``DetectionCheckpointer`` with four changes:
+
+* files are read by :func:`~resnet_backbones.weights.formats.read_file`, never by plain
+  ``pickle`` (detectron2 unpickles ``.pkl`` files with ``pickle.load``, which runs any code a
+  tampered file carries);
+* torchvision, timm, MSRA and our own files are renamed on the fly, by the explicit mapping
+  tables, to the model's names (``backbone.bottom_up.*`` with FPN, ``backbone.*`` and
+  ``roi_heads.res5.*`` with C4);
+* every backbone parameter of the model must be in the file with its shape (detectron2 only
+  warns and trains from random weights); an ImageNet file's missing heads are one INFO line;
+* what the weights record (or their mapping table or catalog entry implies) about stride
+  placement, input format and pixel statistics must agree with the config.
+
+Paths go through an iopath ``PathManager`` of our own: ``resnet_backbones://NAME`` resolves
+through :data:`~resnet_backbones.weights.catalog.CATALOG`; ``http(s)://`` and
+``detectron2://`` are fetched by :func:`~resnet_backbones.weights.download.download` (https
+only, atomic, verified); anything else is a local path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import urllib.parse
+from collections import Counter
+from functools import cache
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.utils.file_io import PathManager as DETECTRON2_PATH_MANAGER
+from iopath.common.file_io import PathHandler, PathManager
+from torch import nn
+
+from .download import download
+from .entry import WeightsEntry
+from .errors import IncompatibleWeightsError
+from .formats import BACKBONE_NAME, WeightsFile, backbone_state_dict, read_weights
+from .metadata import check_metadata, has_bottlenecks
+
+__all__ = [
+    "ZOO_BASE_URL_ENV",
+    "ZOO_PREFIX",
+    "FamilyCheckpointer",
+    "backbone_prefix",
+    "catalog_entry",
+    "catalog_entry_for_url",
+    "weights_path_manager",
+    "zoo_url",
+]
+
+logger = logging.getLogger(__name__)
+
+ZOO_PREFIX = "resnet_backbones://"
+# A mirror of the zoo: files are fetched from "$RESNET_BACKBONES_ZOO_BASE_URL/<file name>".
+ZOO_BASE_URL_ENV = "RESNET_BACKBONES_ZOO_BASE_URL"
+DETECTRON2_PREFIX = "detectron2://"
+DETECTRON2_BASE_URL = "https://dl.fbaipublicfiles.com/detectron2/"
+
+# Formats whose names are renamed to ours here (ImageNet backbones); the others hold whole
+# detectron2 models and load by detectron2's rules.
+RENAMED_FORMATS = ("resnet_backbones", "torchvision", "timm", "msra")
+_STEM_PARAMETER = re.compile(r"(|.*?\.)stem\..+")
+# A deformable conv's offset (and mask) conv: zero-initialised by design, so that training starts
+# from the regular conv; ImageNet weights of the regular network have none (as in detectron2).
+_DCN_OFFSET = re.compile(r"\.conv2_offset\.(weight|bias)$")
+_FORMAT_KEY = "__resnet_backbones_format__"
+_PATH_KEY = "__resnet_backbones_path__"
+
+
+def catalog_entry(name: str) -> WeightsEntry:
+    """The catalog entry called ``name``; a KeyError lists the valid names."""
+    from .catalog import CATALOG
+
+    if name not in CATALOG:
+        raise KeyError(
+            f"{ZOO_PREFIX}{name}: no such weights in the catalog; valid names: "
+            f"{', '.join(sorted(CATALOG))}"
+        )
+    return CATALOG[name]
+
+
+def catalog_entry_for_url(url: str) -> Optional[WeightsEntry]:
+    """The catalog entry published at ``url`` (``detectron2://`` expanded), or None."""
+    from .catalog import CATALOG
+
+    if url.startswith(DETECTRON2_PREFIX):
+        url = DETECTRON2_BASE_URL + url[len(DETECTRON2_PREFIX) :]
+    return next((e for e in CATALOG.values() if e.url == url), None)
+
+
+def zoo_url(entry: WeightsEntry) -> str:
+    """Where ``entry`` is fetched from: its URL, or the same file name under
+    ``$RESNET_BACKBONES_ZOO_BASE_URL``."""
+    base = os.environ.get(ZOO_BASE_URL_ENV)
+    if not base:
+        return entry.url
+    return base.rstrip("/") + "/" + os.path.basename(urllib.parse.urlparse(entry.url).path)
+
+
+class _ZooHandler(PathHandler):
+    """``resnet_backbones://NAME`` -> the downloaded, verified file of catalog entry NAME."""
+
+    def _get_supported_prefixes(self) -> list[str]:
+        return [ZOO_PREFIX]
+
+    def _get_local_path(self, path: str, force: bool = False, **kwargs: Any) -> str:
+        entry = catalog_entry(path[len(ZOO_PREFIX) :])
+        return download(zoo_url(entry), sha256=entry.sha256, sha256_prefix=entry.sha256_prefix)
+
+    def _open(self, path: str, mode: str = "r", **kwargs: Any):
+        return open(self._get_local_path(path), mode)
+
+
+class _DownloadHandler(PathHandler):
+    """``http(s)://`` (and ``detectron2://``, detectron2's file server) through
+    :func:`download`: https only, written atomically, cached."""
+
+    def _get_supported_prefixes(self) -> list[str]:
+        return ["http://", "https://", DETECTRON2_PREFIX]
+
+    def _get_local_path(self, path: str, force: bool = False, **kwargs: Any) -> str:
+        if path.startswith(DETECTRON2_PREFIX):
+            path = DETECTRON2_BASE_URL + path[len(DETECTRON2_PREFIX) :]
+        return download(path)
+
+    def _open(self, path: str, mode: str = "r", **kwargs: Any):
+        return open(self._get_local_path(path), mode)
+
+
+@cache
+def weights_path_manager() -> PathManager:
+    """The iopath PathManager of :class:`FamilyCheckpointer`: zoo names, safe downloads and
+    local paths (detectron2's global one fetches http:// too, and without checksums)."""
+    manager = PathManager()
+    manager.register_handler(_ZooHandler())
+    manager.register_handler(_DownloadHandler())
+    return manager
+
+
+# detectron2's own PathManager learns the zoo names too (DefaultPredictor, demo scripts).
+if ZOO_PREFIX not in DETECTRON2_PATH_MANAGER._path_handlers:
+    DETECTRON2_PATH_MANAGER.register_handler(_ZooHandler())
+
+
+def backbone_prefix(model_names: Iterable[str]) -> str:
+    """Where a model keeps its ResNet-family backbone: the prefix of its ``stem.`` parameters
+    (``"backbone.bottom_up."`` with FPN, ``"backbone."`` with C4, ``""`` for a bare backbone).
+
+    Raises:
+        ValueError: the model has no parameter ``*stem.*``.
+    """
+    prefixes = {m[1] for name in model_names if (m := _STEM_PARAMETER.fullmatch(name))}
+    if not prefixes:
+        raise ValueError(
+            "the model has no ResNet-family backbone: none of its parameters is named '*stem.*'"
+        )
+    return min(prefixes, key=len)
+
+
+def _group(names: Any, depth: int = 2) -> str:
+    counts = Counter(".".join(n.split(".")[:depth]) for n in names)
+    return ", ".join(f"{prefix}.* ({count})" for prefix, count in sorted(counts.items()))
+
+
+class FamilyCheckpointer(DetectionCheckpointer):
+    """detectron2's DetectionCheckpointer, reading weights safely, renaming torchvision, timm,
+    MSRA and our files to the model, and strict about the backbone (see the module doc)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        cfg: Optional[Any] = None,
+        save_to_disk: Optional[bool] = None,
+        **checkpointables: Any,
+    ):
+        """
+        Args:
+            model: the model to load into and save.
+            save_dir: where checkpoints are saved (and found when resuming).
+            cfg: the config ``model`` was built from; the weights' metadata is checked against
+                it. None skips that check.
+            save_to_disk: whether to save; default: in the main process only.
+            checkpointables: other objects with ``state_dict()`` to save and resume (the
+                optimizer, the trainer ...).
+        """
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.cfg = cfg
+        self.path_manager = weights_path_manager()
+        self._requested: Optional[str] = None
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self._requested = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._requested = None
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        weights = read_weights(filename)
+        model_state = self.model.state_dict()
+        self._check_metadata(weights)
+        if weights.format in RENAMED_FORMATS and weights.wrapper != "blobs":
+            state = backbone_state_dict(weights, self._family(weights, model_state))
+            checkpoint = {"model": self._place(state), "__author__": weights.format}
+            if weights.format == "resnet_backbones":
+                checkpoint["metadata"] = weights.metadata
+        else:
+            checkpoint = self._detectron2_checkpoint(weights)
+        checkpoint[_FORMAT_KEY] = weights.format
+        checkpoint[_PATH_KEY] = self._requested or filename
+        return checkpoint
+
+    def _family(self, weights: WeightsFile, model_state: Mapping[str, Any]) -> Optional[str]:
+        """Of the tables that read the file, the one whose names the model has most of."""
+        if len(weights.families) < 2:
+            return None
+        model_names = set(model_state)
+        return max(
+            weights.families,
+            key=lambda f: len(set(self._place(backbone_state_dict(weights, f))) & model_names),
+        )
+
+    def _place(self, backbone: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Our backbone names -> the model's (prefixed; res5 into the C4 head, if it has it)."""
+        model_names = set(self.model.state_dict())
+        prefix = backbone_prefix(model_names)
+        placed = {}
+        for name, tensor in backbone.items():
+            target = prefix + name
+            if target not in model_names and "roi_heads." + name in model_names:
+                target = "roi_heads." + name
+            if target not in model_names and name.endswith("num_batches_tracked"):
+                continue  # FrozenBN has no such buffer; it counts nothing that matters
+            placed[target] = tensor
+        return placed
+
+    def _detectron2_checkpoint(self, weights: WeightsFile) -> dict[str, Any]:
+        """A detectron2 / pycls / Detectron1 checkpoint, as detectron2 would load it."""
+        checkpoint = {**weights.extra, "model": dict(weights.state_dict)}
+        if weights.format == "msra":  # Detectron1 {"blobs": ...}: detectron2's C2 renaming
+            return {**checkpoint, "__author__": "Caffe2", "matching_heuristics": True}
+        if weights.format == "pycls":
+            state = {
+                k: v
+                for k, v in checkpoint["model"].items()
+                if not k.endswith("num_batches_tracked")
+            }
+            return {
+                **checkpoint,
+                "model": state,
+                "__author__": "pycls",
+                "matching_heuristics": True,
+            }
+        names = set(self.model.state_dict())
+        state = checkpoint["model"]
+        if not checkpoint.get("matching_heuristics") and not set(state) & names:
+            if all(BACKBONE_NAME.fullmatch(n) for n in state):  # a bare backbone's state
+                checkpoint["model"] = self._place(state)
+        return checkpoint
+
+    def _check_metadata(self, weights: WeightsFile) -> None:
+        """The config against what the file, its table or its catalog entry says."""
+        expected = weights.implied_metadata
+        source = self._requested or weights.path
+        entry = None
+        if source.startswith(ZOO_PREFIX):
+            entry = catalog_entry(source[len(ZOO_PREFIX) :])
+        else:  # a catalog file by its URL (detectron2://ImageNetPretrained/MSRA/R-50.pkl ...)
+            entry = catalog_entry_for_url(source)
+        if entry is not None:
+            expected = {**entry.metadata, **expected}
+        if not expected:
+            return
+        if self.cfg is None:
+            logger.info(
+                "%s: no config given to the checkpointer; its metadata is not checked", source
+            )
+            return
+        bottleneck = has_bottlenecks(self.model.state_dict())
+        check_metadata(expected, self.cfg, source=source, bottleneck=bottleneck)
+
+    def _backbone_names(self, model_names: Iterable[str]) -> list[str]:
+        """The model's backbone parameters and buffers that a file must provide."""
+        model_names = list(model_names)
+        try:
+            prefix = backbone_prefix(model_names)
+        except ValueError:
+            return []  # not one of our backbones: detectron2's rules only
+        # FrozenBN fills in missing statistics (MSRA files have none), as in detectron2.
+        frozen = [n for n, m in self.model.named_modules() if isinstance(m, FrozenBatchNorm2d)]
+        optional = {f"{n}.{b}" for n in frozen for b in ("running_mean", "running_var")}
+        return [
+            n
+            for n in model_names
+            if (n.startswith(prefix) or n.startswith("roi_heads.res5."))
+            and n not in optional
+            and not n.endswith(".num_batches_tracked")
+            and not _DCN_OFFSET.search(n)
+        ]
+
+    def _load_model(self, checkpoint: dict[str, Any]) -> Any:
+        fmt = checkpoint.pop(_FORMAT_KEY, None)
+        source = checkpoint.pop(_PATH_KEY, "<checkpoint>")
+        model_state = self.model.state_dict()
+        state = checkpoint["model"]
+        self._convert_ndarray_to_tensor(state)
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "module.")
+        if checkpoint.get("matching_heuristics", False):
+            checkpoint["model"] = state = align_and_update_state_dicts(
+                model_state, state, c2_conversion=checkpoint.get("__author__") == "Caffe2"
+            )
+            checkpoint["matching_heuristics"] = False
+
+        backbone = self._backbone_names(model_state)
+        missing = sorted(n for n in backbone if n not in state)
+        misshapen = sorted(
+            f"{n} {tuple(state[n].shape)} in the file, {tuple(model_state[n].shape)} in the model"
+            for n in backbone
+            if n in state and tuple(state[n].shape) != tuple(model_state[n].shape)
+        )
+        if missing or misshapen:
+            problems = []
+            if missing:
+                problems.append(
+                    f"{len(missing)} missing: "
+                    + ", ".join(missing[:20])
+                    + (" ..." if len(missing) > 20 else "")
+                )
+            if misshapen:
+                problems.append(
+                    f"{len(misshapen)} of the wrong shape: "
+                    + "; ".join(misshapen[:20])
+                    + (" ..." if len(misshapen) > 20 else "")
+                )
+            raise IncompatibleWeightsError(
+                f"{source} ({fmt} format) does not fit the model's backbone; nothing was loaded. "
+                f"Backbone parameters {' and '.join(problems)}. Check the depth, widths and stem "
+                "of MODEL.RESNETS against the weights' architecture."
+            )
+
+        incompatible = super()._load_model(checkpoint)
+        if fmt in RENAMED_FORMATS and incompatible is not None:
+            heads = [n for n in incompatible.missing_keys if n not in backbone]
+            if heads:
+                logger.info(
+                    "%s holds the backbone only; %d parameters of the rest of the model (heads, "
+                    "deformable convs' offsets) keep their initialisation: %s",
+                    source,
+                    len(heads),
+                    _group(heads),
+                )
+                for name in heads:
+                    incompatible.missing_keys.remove(name)
+        return incompatible

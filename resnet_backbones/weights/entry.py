@@ -1,0 +1,85 @@
+"""One published set of weights, with everything needed to use it and to cite it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from .metadata import metadata_from_config
+
+__all__ = ["WeightsEntry"]
+
+_SOURCES = ("resnet_backbones", "detectron2", "msra", "torchvision", "timm")
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """A catalog entry: ``resnet_backbones://<name>`` loads these weights.
+
+    Attributes:
+        name: the catalog name (``resnet50.tv_in1k``).
+        url: where the file is published (https).
+        source: its format, one of "resnet_backbones", "detectron2", "msra", "torchvision",
+            "timm" (see :mod:`resnet_backbones.weights.formats`).
+        arch: its row of :data:`resnet_backbones.weights.archs.ARCHS`.
+        config: config key -> value that builds the network these weights fit and feeds it as
+            it was trained (``{"MODEL.RESNETS.DEPTH": 50, "INPUT.FORMAT": "RGB", ...}``).
+        num_params: parameters of the ImageNet classifier these weights fill (backbone and
+            1000-way fully connected layer, norms' affine weights included); a test checks it
+            against the model the config builds.
+        num_params_source: who publishes ``num_params`` (or "architecture" where the weights'
+            publisher gives none and the count is that of the same architecture).
+        top1: ImageNet-1k top-1 accuracy in percent, as published, or None if unpublished.
+        top1_source: where ``top1`` comes from (document, table, URL).
+        test_protocol: how ``top1`` was measured (resize, crop, resolution).
+        license: the license of the weights, short ("Apache-2.0", "CC BY-NC-SA 4.0" ...).
+        license_source: where the license is stated, and any caveat its publisher adds.
+        non_commercial: the license forbids commercial use (Res2Net's CC BY-NC-SA 4.0).
+        sha256: the file's full SHA-256, if known.
+        sha256_prefix: the first hex digits of its SHA-256 (torchvision and timm file names
+            carry 8), if the full hash is not known.
+    """
+
+    name: str
+    url: str
+    source: str
+    arch: str
+    config: Mapping[str, Any]
+    num_params: int
+    num_params_source: str
+    top1: Optional[float]
+    top1_source: str
+    test_protocol: str
+    license: str
+    license_source: str
+    non_commercial: bool
+    sha256: Optional[str] = None
+    sha256_prefix: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.source not in _SOURCES:
+            raise ValueError(
+                f"WeightsEntry {self.name!r}: source = {self.source!r} is not valid; valid "
+                f"values: {', '.join(_SOURCES)}"
+            )
+        if not self.url.startswith("https://"):
+            raise ValueError(f"WeightsEntry {self.name!r}: url = {self.url!r} must be https://")
+        for key, value, lengths in (
+            ("sha256", self.sha256, (64, 64)),
+            ("sha256_prefix", self.sha256_prefix, (8, 64)),
+        ):
+            if value is not None and not re.fullmatch(
+                rf"[0-9a-f]{{{lengths[0]},{lengths[1]}}}", value
+            ):
+                raise ValueError(
+                    f"WeightsEntry {self.name!r}: {key} = {value!r} must be "
+                    f"{lengths[0]}{'' if lengths[0] == lengths[1] else f' to {lengths[1]}'} "
+                    "lower-case hex digits"
+                )
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What :attr:`config` says about stride placement, input format and pixel statistics,
+        checked against the config of a model that loads this entry."""
+        return metadata_from_config(self.config)

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Convert a torchvision, timm, MSRA or detectron2 weights file for resnet_backbones.
+
+    python tools/convert_weights.py --source torchvision --arch resnet50 resnet50-0676ba61.pth R-50-tv.pth
+    python tools/convert_weights.py --source msra --arch R-50 R-50.pkl R-50-msra.pth
+
+writes OUT (our backbone names, plus metadata: source, arch, input format, pixel mean/std,
+stride placement) and, beside it, OUT's name with ``.yaml``: the config keys that, merged onto
+a base config, build the matching backbone. Use both in training:
+
+    python tools/train_net.py --config configs/Base-RCNN-FPN.yaml ... (merge R-50-tv.yaml) \\
+        MODEL.WEIGHTS R-50-tv.pth
+
+The input is read safely (no code in a tampered pickle runs), and the result must load
+strictly into the backbone the config builds, or nothing is written. IN may be a local path
+or an https:// / resnet_backbones:// URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+# Before anything from detectron2 (see tools/train_net.py).
+import resnet_backbones  # noqa: F401
+
+# isort: split
+from resnet_backbones.weights.archs import ARCHS
+from resnet_backbones.weights.checkpoint import weights_path_manager
+from resnet_backbones.weights.conversion import CONVERT_SOURCES, convert_file
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--source", required=True, choices=CONVERT_SOURCES, help="the library that wrote IN"
+    )
+    parser.add_argument("--arch", required=True, metavar="NAME", help=f"one of: {', '.join(ARCHS)}")
+    parser.add_argument(
+        "input", metavar="IN", help="weights file, or an https:// or resnet_backbones:// URL"
+    )
+    parser.add_argument(
+        "output", metavar="OUT", help="converted file (.pth); OUT.yaml is written beside it"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        src = args.input
+        if "://" in src:
+            src = weights_path_manager().get_local_path(src)
+        out, config = convert_file(src, args.output, source=args.source, arch=args.arch)
+    except (ValueError, KeyError, OSError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"convert_weights.py: error: {type(e).__name__}: {message}", file=sys.stderr)
+        return 2
+    print(f"Wrote {out}\nWrote {config}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
