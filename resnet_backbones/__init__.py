@@ -11,7 +11,7 @@
 Call :func:`add_resnet_backbones_config` on a config before merging one of our YAML files.
 """
 
-from ._compat import install_c_stand_in, uses_c_stand_in
+from ._compat import install_c_stand_in, install_pillow_aliases, uses_c_stand_in
 
 try:
     import detectron2  # noqa: F401
@@ -22,8 +22,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "`make quickstart` in a checkout of resnet_backbones to get a pinned .venv."
     ) from e
 
-# Must run before anything imports detectron2.layers (see _compat.py).
+# Must run before anything imports detectron2.layers and detectron2.data (see _compat.py).
 install_c_stand_in()
+install_pillow_aliases()
 
 from . import data  # noqa: E402  (registers the built-in datasets)
 from .config import add_resnet_backbones_config  # noqa: E402

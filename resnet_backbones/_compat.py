@@ -17,7 +17,12 @@ import logging
 import sys
 import types
 
-__all__ = ["CompiledOpUnavailable", "install_c_stand_in", "uses_c_stand_in"]
+__all__ = [
+    "CompiledOpUnavailable",
+    "install_c_stand_in",
+    "install_pillow_aliases",
+    "uses_c_stand_in",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,3 +106,20 @@ def install_c_stand_in() -> bool:
     sys.modules["detectron2._C"] = stand_in
     detectron2._C = stand_in
     return True
+
+
+def install_pillow_aliases(image_module=None) -> None:
+    """Gives Pillow >= 10 back ``Image.LINEAR``, which detectron2 v0.6 uses as a default argument
+    (``detectron2/data/transforms/transform.py``), so that its data module imports at all.
+
+    Pillow 10 removed the alias; it always meant ``Image.BILINEAR``. Older Pillows (this
+    project pins 9.5) have it and are left alone.
+
+    Args:
+        image_module: ``PIL.Image`` (the default), or a stand-in for it in tests.
+    """
+    if image_module is None:
+        from PIL import Image as image_module
+
+    if not hasattr(image_module, "LINEAR"):
+        image_module.LINEAR = image_module.BILINEAR

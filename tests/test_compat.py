@@ -59,3 +59,18 @@ def test_real_extension_is_left_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "left alone" in out.stdout
+
+
+def test_pillow_10_gets_the_linear_alias_detectron2_imports_with():
+    import types
+
+    from PIL import Image
+
+    from resnet_backbones._compat import install_pillow_aliases
+
+    pillow_10 = types.SimpleNamespace(BILINEAR=Image.BILINEAR)  # no LINEAR, as Pillow >= 10
+    install_pillow_aliases(pillow_10)
+    assert pillow_10.LINEAR == Image.BILINEAR
+    older = types.SimpleNamespace(BILINEAR=2, LINEAR="pillow's own")
+    install_pillow_aliases(older)
+    assert older.LINEAR == "pillow's own"
