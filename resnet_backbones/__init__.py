@@ -6,7 +6,8 @@
   ``build_resnet_family_retinanet_fpn_backbone``;
 * ReXNet backbones ``build_rexnet_backbone`` and ``build_rexnet_fpn_backbone``;
 * the C4 head ``Res5FamilyROIHeads``;
-* the built-in datasets ``shapes_train`` and ``shapes_val``.
+* the built-in datasets ``shapes_train`` and ``shapes_val``;
+* the model-zoo scheme ``resnet_backbones://NAME`` in detectron2's PathManager.
 
 Call :func:`add_resnet_backbones_config` on a config before merging one of our YAML files.
 """
@@ -36,9 +37,13 @@ from .modeling import (  # noqa: E402
     build_resnet_family_retinanet_fpn_backbone,
 )
 
+# FamilyCheckpointer; importing it also teaches detectron2's PathManager resnet_backbones://.
+from .weights.checkpoint import FamilyCheckpointer  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "FamilyCheckpointer",
     "Res5FamilyROIHeads",
     "ResNetFamily",
     "add_resnet_backbones_config",

@@ -37,13 +37,13 @@ from resnet_backbones.weights.conversion import convert_file
 from resnet_backbones.weights.download import CACHE_ENV
 from resnet_backbones.weights.entry import WeightsEntry
 from resnet_backbones.weights.errors import (
+    ChecksumError,
     IncompatibleWeightsError,
     UnsafeWeightsError,
     WeightsFormatError,
 )
 from resnet_backbones.weights.formats import (
     FORMATS,
-    SOURCE_TABLES,
     backbone_state_dict,
     classify,
     read_weights,
@@ -220,10 +220,10 @@ def test_a_malicious_pickle_through_train_net_eval_only(tmp_path):
     [
         ("empty.pth", b"", "the weights file is empty"),
         ("empty.pkl", b"", "the weights file is empty"),
-        ("garbage.pkl", b"\x80\x04garbage that is not a pickle", "not a readable pickle"),
-        ("garbage.pth", b"not a torch file at all", "not a readable torch.save file"),
+        ("garbage.pkl", b"\x80\x04garbage that is not a pickle", "nor a readable pickle"),
+        ("garbage.pth", b"not a torch file at all", "neither a torch.save archive nor"),
         ("truncated.pth", "truncated", "not a readable torch.save file"),
-        ("weights.txt", b"conv1.weight 1 2 3", "unknown weights file type '.txt'"),
+        ("weights.txt", b"conv1.weight 1 2 3", "neither a torch.save archive nor"),
         ("list.pkl", pickle.dumps([1, 2, 3]), "holds a list, not a dict"),
         (
             "odd.pkl",
@@ -249,6 +249,34 @@ def test_unreadable_or_unknown_files_are_errors_naming_the_path(tmp_path, name, 
 def test_a_missing_file_is_a_file_not_found_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         read_weights(str(tmp_path / "nothere.pth"))
+    cfg = _cfg(opts=_r18() + ["MODEL.WEIGHTS", str(tmp_path / "nothere.pth")])
+    with pytest.raises(FileNotFoundError, match=r"MODEL.WEIGHTS = .*nothere.pth.*: no such file"):
+        _load(cfg)
+
+
+def test_the_kind_of_file_is_read_from_its_content_not_its_name(tmp_path):
+    """A Caffe2 pickle named .pth, a torch.save archive named .pkl, torch.save's legacy format,
+    and a file without extension are all read by what they hold."""
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    caffe2 = {"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res2_0_branch2a_w": np.zeros(1)}
+    (tmp_path / "caffe2.pth").write_bytes(pickle.dumps(caffe2, protocol=2))
+    torch.save(state, tmp_path / "archive.pkl")
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    torch.save({"model": state, "epoch": 3}, tmp_path / "checkpoint")
+    assert read_weights(str(tmp_path / "caffe2.pth")).format == "msra"
+    for name in ("archive.pkl", "legacy.pth"):
+        weights = read_weights(str(tmp_path / name))
+        assert weights.format == "torchvision"
+        assert torch.equal(
+            weights.state_dict["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"]
+        )
+    # A torchvision state dict under "model" (DeiT-style training scripts) is not a detectron2 model.
+    weights = read_weights(str(tmp_path / "checkpoint"))
+    assert (weights.format, weights.wrapper, weights.extra) == (
+        "torchvision",
+        "model",
+        {"epoch": 3},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,12 +316,7 @@ def test_timm_resnet_d_is_detected_by_its_deep_stem():
     timm = pytest.importorskip("timm")
     weights = classify(timm.create_model("resnet50d", pretrained=False).state_dict())
     assert (weights.format, weights.families) == ("timm", ("resnet_d",))
-    assert weights.implied_metadata == {"stride_in_1x1": False}
-
-
-def test_every_source_table_knows_its_format():
-    for family, table in SOURCE_TABLES.items():
-        assert table.source in FORMATS, family
+    assert weights.implied_metadata == {"input_format": "RGB", "stride_in_1x1": False}
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +356,7 @@ def test_timm_resnet_d_weights_through_model_weights(tmp_path):
     randomize_norm_statistics(reference)
     path = tmp_path / "resnet50d.pth"
     torch.save({"state_dict": reference.state_dict(), "epoch": 100}, path)
-    opts = ["MODEL.RESNETS.STEM", "deep", "MODEL.RESNETS.AVG_DOWN", "True"]
+    opts = ["MODEL.RESNETS.STEM", "deep", "MODEL.RESNETS.AVG_DOWN", "True"] + TORCHVISION_INPUT
     opts += ["MODEL.RESNETS.STRIDE_IN_1X1", "False", "MODEL.WEIGHTS", str(path)]
     model = _load(_cfg(opts=opts))
     x = torch.randn(1, 3, 67, 80)
@@ -393,15 +416,19 @@ def _msra_source(cfg):
     return source
 
 
-def test_msra_pkl_through_model_weights(tmp_path):
+def test_msra_pkl_through_model_weights(tmp_path, caplog):
     cfg = _cfg(opts=["MODEL.RESNETS.DEPTH", "50"])
     source = _msra_source(cfg)
     blobs = _to_caffe2_names(source.backbone.bottom_up.state_dict())
     blobs.update(fc1000_w=np.zeros((1000, 2048), np.float32), fc1000_b=np.zeros(1000, np.float32))
+    # detectron2 reports a "stem.conv1.bias" in MSRA's files that its bias-free conv does not use.
+    blobs["conv1_b"] = np.zeros(64, np.float32)
     path = tmp_path / "R-50.pkl"
     path.write_bytes(pickle.dumps(blobs, protocol=2))  # as Python 2 wrote them
     cfg.MODEL.WEIGHTS = str(path)
-    model = _load(cfg)
+    with caplog.at_level("WARNING", logger="resnet_backbones.weights.checkpoint"):
+        model = _load(cfg)
+    assert any("backbone.bottom_up.stem.conv1.bias" in r.getMessage() for r in caplog.records)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = [source.backbone.bottom_up(x)[s] for s in STAGES]
@@ -512,17 +539,45 @@ def test_the_config_must_agree_with_the_weights_metadata(tmp_path):
     _load(_cfg(opts=_r18() + TORCHVISION_INPUT), out)  # agreeing: loads
 
 
-def test_torchvision_bottlenecks_need_the_stride_in_the_3x3_conv(tmp_path):
+def test_torchvision_weights_need_rgb_and_the_stride_in_the_3x3_conv(tmp_path):
     path = tmp_path / "resnet50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
-    with pytest.raises(
-        IncompatibleWeightsError, match=r"STRIDE_IN_1X1 is True in the config but False"
-    ):
+    with pytest.raises(IncompatibleWeightsError) as info:
         _load(_cfg(opts=["MODEL.RESNETS.DEPTH", "50"]), str(path))
+    assert "STRIDE_IN_1X1 is True in the config but False" in str(info.value)
+    assert "INPUT.FORMAT is 'BGR' in the config but 'RGB'" in str(info.value)
     # Basic blocks have no 1x1 conv: detectron2's default STRIDE_IN_1X1 True is moot there.
     path18 = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path18)
-    _load(_cfg(opts=_r18() + ["MODEL.RESNETS.STRIDE_IN_1X1", "True"]), str(path18))
+    _load(
+        _cfg(opts=_r18() + TORCHVISION_INPUT + ["MODEL.RESNETS.STRIDE_IN_1X1", "True"]), str(path18)
+    )
+
+
+@pytest.mark.parametrize(
+    "source, opts",
+    [
+        ("resnet101", ["MODEL.RESNETS.DEPTH", "50"]),  # a deeper network: res4.6 .. res4.22
+        ("seresnet50", ["MODEL.RESNETS.DEPTH", "50"]),  # SE layers the plain model lacks
+    ],
+)
+def test_weights_of_a_bigger_network_are_an_error_not_silently_dropped(tmp_path, source, opts):
+    if source.startswith("se"):
+        timm = pytest.importorskip("timm")
+        state = timm.create_model(source, pretrained=False).state_dict()
+    else:
+        state = torchvision.models.resnet101(weights=None).state_dict()
+    path = tmp_path / f"{source}.pth"
+    torch.save(state, path)
+    cfg = _cfg(opts=opts + TORCHVISION_INPUT + ["MODEL.RESNETS.STRIDE_IN_1X1", "False"])
+    model = build_model(cfg).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(IncompatibleWeightsError, match="modules the model does not have") as info:
+        FamilyCheckpointer(model, cfg=cfg).load(str(path))
+    # Grouped by the module the model lacks: a block of the deeper network, the SE layers.
+    expected = "res4.6.* (15)" if source == "resnet101" else "backbone.bottom_up.res2.0.se.* (4)"
+    assert expected in str(info.value) and "nothing was loaded" in str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_own_checkpoints_save_and_resume(tmp_path):
@@ -577,6 +632,9 @@ def test_zoo_names_resolve_download_once_and_check_the_config(tmp_path, monkeypa
         _assert_stages_close(_load(cfg), expected, x)
         _load(cfg)
         assert server.requests[f"/mirror/{filename}"] == 1
+        # detectron2's own checkpointer resolves the name too (from the cache; no conversion).
+        DetectionCheckpointer(build_model(cfg)).load("resnet_backbones://test-resnet18")
+        assert server.requests[f"/mirror/{filename}"] == 1
 
         cfg.INPUT.FORMAT = "BGR"  # the entry says RGB
         with pytest.raises(
@@ -584,8 +642,54 @@ def test_zoo_names_resolve_download_once_and_check_the_config(tmp_path, monkeypa
             match=r"resnet_backbones://test-resnet18.*INPUT\.FORMAT is 'BGR'",
         ):
             _load(cfg)
-        with pytest.raises(KeyError, match=r"no such weights.*valid names: .*test-resnet18"):
+        with pytest.raises(ValueError, match=r"no such weights.*valid names: .*test-resnet18"):
             _load(cfg, "resnet_backbones://no-such-weights")
+
+
+def test_urls_in_model_weights_are_checked_against_their_hash(tmp_path, monkeypatch):
+    """An http(s) MODEL.WEIGHTS whose file name carries a SHA-256 prefix (torch.hub's
+    convention), and a zoo entry with a hash, are verified; a mismatch is refused and not cached."""
+    reference = _torchvision_reference("resnet18")
+    buffer = io.BytesIO()
+    torch.save(reference.state_dict(), buffer)
+    payload = buffer.getvalue()
+    good = hashlib.sha256(payload).hexdigest()[:8]
+    bad = "0" * 8 if good != "0" * 8 else "1" * 8
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    cfg = _cfg(opts=_r18() + TORCHVISION_INPUT)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = _torchvision_stages(reference, x)
+    with WeightsServer() as server:
+        for prefix in (good, bad):
+            server.files[f"/models/resnet18-{prefix}.pth"] = payload
+        with pytest.raises(ChecksumError, match=f"expected a SHA-256 starting with {bad}"):
+            _load(cfg, server.url(f"/models/resnet18-{bad}.pth"))
+        assert not list(cache.rglob("*.pth"))
+        _assert_stages_close(_load(cfg, server.url(f"/models/resnet18-{good}.pth")), expected, x)
+
+        entry = WeightsEntry(
+            name="tampered-resnet18",
+            url=f"https://download.example.invalid/models/resnet18-{bad}.pth",
+            source="torchvision",
+            arch="resnet18",
+            config=ARCHS["resnet18"].config,
+            sha256_prefix=bad,
+            num_params=11689512,
+            num_params_source="torchvision",
+            top1=None,
+            top1_source="random weights",
+            test_protocol="none",
+            license="Apache-2.0",
+            license_source="test",
+            non_commercial=False,
+        )
+        monkeypatch.setitem(catalog.CATALOG, entry.name, entry)
+        monkeypatch.setenv(ZOO_BASE_URL_ENV, server.url("/models/"))
+        with pytest.raises(ChecksumError, match=f"resnet18-{bad}.pth: expected a SHA-256"):
+            _load(cfg, "resnet_backbones://tampered-resnet18")
+        assert [p.name for p in cache.rglob("*.pth")] == [f"resnet18-{good}.pth"]
 
 
 @pytest.mark.parametrize("name", sorted(catalog.CATALOG))
@@ -594,7 +698,9 @@ def test_catalog_entries_are_consistent(name):
     assert entry.name == name and entry.url.startswith("https://")
     arch = ARCHS[entry.arch]
     assert entry.source == arch.source and entry.source in FORMATS
-    assert {k: entry.config[k] for k in arch.config} == dict(arch.config)
+    # The entry says what the checkpointer checks a config against.
+    assert set(entry.metadata) >= {"input_format", "pixel_mean", "pixel_std"}
+    assert ("stride_in_1x1" in entry.metadata) == (arch.backbone == "build_resnet_family_backbone")
     assert entry.top1 is None or 60 < entry.top1 < 90
     assert entry.top1_source and entry.test_protocol and entry.license and entry.license_source
     if entry.source in ("torchvision", "timm"):  # both publish a hash prefix in the file name

@@ -134,8 +134,10 @@ def render_weights(complexity: dict) -> str:
     lines += [
         "",
         "Parameters and GMACs are our counts of the ImageNet classifier each file fills (224x224, "
-        "1000 classes; docs/model_complexity.json); a test checks that they equal the publisher's "
-        "parameter count. Where the top-1 and the licence come from:",
+        "1000 classes; docs/model_complexity.json); a test checks that they equal the catalog's "
+        "count: torchvision's and timm's published ones, and for detectron2's files (whose "
+        "publisher gives none) torchvision's count of the same architecture. Where the top-1 and "
+        "the licence come from:",
         "",
     ]
     lines += [

@@ -259,6 +259,8 @@ def resnet_spec(
         res5_dilation=res5_dilation,
         shortcut=shortcut,
         block_order=block_order,
+        avg_down=avg_down,
+        zero_init_residual=zero_init_residual,
         res2net_scale=res2net_scale,
         widen_factor=widen_factor,
         deform_on_per_stage=deform_on_per_stage,
@@ -341,6 +343,8 @@ def _check_combinations(
     res5_dilation: int,
     shortcut: str,
     block_order: str,
+    avg_down: bool,
+    zero_init_residual: bool,
     res2net_scale: int,
     widen_factor: int,
     deform_on_per_stage: tuple[bool, ...],
@@ -381,6 +385,18 @@ def _check_combinations(
                 f"for DEPTH {depth}: deformable convolution replaces a bottleneck's 3x3 conv "
                 "(as in detectron2), and this depth uses basic blocks"
             )
+    if avg_down and shortcut in ("A", "none"):
+        raise ValueError(
+            f"MODEL.RESNETS.AVG_DOWN = True does nothing with SHORTCUT {shortcut!r}: it changes "
+            "projection shortcuts (ResNet-D), and this network has none; use SHORTCUT 'B' or 'C', "
+            "or AVG_DOWN False"
+        )
+    if zero_init_residual and shortcut == "none":
+        raise ValueError(
+            "MODEL.RESNETS.ZERO_INIT_RESIDUAL = True is not valid with SHORTCUT 'none': in a plain "
+            "network the zeroed branch is the only path, so every block would output zeros (or "
+            "a constant) and nothing would train; use ZERO_INIT_RESIDUAL False"
+        )
     if block_order == "preact" and shortcut == "A":
         raise ValueError(
             "MODEL.RESNETS.SHORTCUT = 'A' is not defined with BLOCK_ORDER 'preact': in a "

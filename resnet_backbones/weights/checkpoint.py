@@ -37,7 +37,7 @@ from detectron2.utils.file_io import PathManager as DETECTRON2_PATH_MANAGER
 from iopath.common.file_io import PathHandler, PathManager
 from torch import nn
 
-from .download import download
+from .download import download, hash_prefix_from_url
 from .entry import WeightsEntry
 from .errors import IncompatibleWeightsError
 from .formats import BACKBONE_NAME, WeightsFile, backbone_state_dict, read_weights
@@ -74,11 +74,11 @@ _PATH_KEY = "__resnet_backbones_path__"
 
 
 def catalog_entry(name: str) -> WeightsEntry:
-    """The catalog entry called ``name``; a KeyError lists the valid names."""
+    """The catalog entry called ``name``; a ValueError lists the valid names."""
     from .catalog import CATALOG
 
     if name not in CATALOG:
-        raise KeyError(
+        raise ValueError(
             f"{ZOO_PREFIX}{name}: no such weights in the catalog; valid names: "
             f"{', '.join(sorted(CATALOG))}"
         )
@@ -127,7 +127,11 @@ class _DownloadHandler(PathHandler):
     def _get_local_path(self, path: str, force: bool = False, **kwargs: Any) -> str:
         if path.startswith(DETECTRON2_PREFIX):
             path = DETECTRON2_BASE_URL + path[len(DETECTRON2_PREFIX) :]
-        return download(path)
+        # The catalog's hash for a catalog file, else the torch.hub-style prefix in the name.
+        entry = catalog_entry_for_url(path)
+        if entry is not None and (entry.sha256 or entry.sha256_prefix):
+            return download(path, sha256=entry.sha256, sha256_prefix=entry.sha256_prefix)
+        return download(path, sha256_prefix=hash_prefix_from_url(path))
 
     def _open(self, path: str, mode: str = "r", **kwargs: Any):
         return open(self._get_local_path(path), mode)
@@ -161,6 +165,20 @@ def backbone_prefix(model_names: Iterable[str]) -> str:
             "the model has no ResNet-family backbone: none of its parameters is named '*stem.*'"
         )
     return min(prefixes, key=len)
+
+
+def _first_absent_module(name: str, modules: set[str]) -> str:
+    """The outermost module on ``name``'s path that the model lacks (``backbone.res4.6``)."""
+    parts = name.split(".")[:-1]
+    for i in range(1, len(parts) + 1):
+        if ".".join(parts[:i]) not in modules:
+            return ".".join(parts[:i])
+    return ".".join(parts)
+
+
+def _natural(name: str) -> list:
+    """Sort key that orders res4.6 before res4.10."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in name.split(".")]
 
 
 def _group(names: Any, depth: int = 2) -> str:
@@ -197,6 +215,11 @@ class FamilyCheckpointer(DetectionCheckpointer):
         self._requested: Optional[str] = None
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"MODEL.WEIGHTS = {path!r}: no such file. Give a local file, an https:// or "
+                f"detectron2:// URL, or a model-zoo name {ZOO_PREFIX}NAME (see MODEL_ZOO.md)"
+            )
         self._requested = path
         try:
             return super().load(path, *args, **kwargs)
@@ -306,6 +329,41 @@ class FamilyCheckpointer(DetectionCheckpointer):
             and not _DCN_OFFSET.search(n)
         ]
 
+    def _unexpected_backbone_names(
+        self, state: Mapping[str, Any], model_state: Mapping[str, Any]
+    ) -> tuple[list[str], list[str]]:
+        """Tensors of the file placed in a stage the model builds but not in the model.
+
+        Returns:
+            ``(foreign, extra)``: tensors whose module the model lacks (the blocks res4.6+ of an
+            R-101 file in an R-50, the SE layers of an SE-ResNet file in a plain ResNet: another
+            network, an error), and tensors of modules the model has but without that parameter
+            (the stem conv's bias of MSRA's files, which detectron2 drops too: a warning).
+        """
+        try:
+            prefix = backbone_prefix(model_state)
+        except ValueError:
+            return [], []
+
+        def stage_of(name: str) -> Optional[str]:
+            for p in (prefix, "roi_heads."):
+                rest = name[len(p) :] if name.startswith(p) else None
+                if rest is not None and BACKBONE_NAME.fullmatch(rest):
+                    if p == "roi_heads." and not rest.startswith("res5."):
+                        return None
+                    return p + rest.split(".")[0]
+            return None
+
+        built = {stage_of(n) for n in model_state} - {None}
+        modules = {name for name, _ in self.model.named_modules()}
+        foreign, extra = [], []
+        for name in sorted(state, key=_natural):
+            if name in model_state or name.endswith("num_batches_tracked"):
+                continue
+            if stage_of(name) in built:
+                (extra if name.rsplit(".", 1)[0] in modules else foreign).append(name)
+        return foreign, extra
+
     def _load_model(self, checkpoint: dict[str, Any]) -> Any:
         fmt = checkpoint.pop(_FORMAT_KEY, None)
         source = checkpoint.pop(_PATH_KEY, "<checkpoint>")
@@ -320,13 +378,22 @@ class FamilyCheckpointer(DetectionCheckpointer):
             checkpoint["matching_heuristics"] = False
 
         backbone = self._backbone_names(model_state)
+        foreign, extra_params = self._unexpected_backbone_names(state, model_state)
+        if extra_params:
+            logger.warning(
+                "%s: %d tensors have no parameter in the model's (existing) modules and are not "
+                "loaded: %s",
+                source,
+                len(extra_params),
+                ", ".join(extra_params),
+            )
         missing = sorted(n for n in backbone if n not in state)
         misshapen = sorted(
             f"{n} {tuple(state[n].shape)} in the file, {tuple(model_state[n].shape)} in the model"
             for n in backbone
             if n in state and tuple(state[n].shape) != tuple(model_state[n].shape)
         )
-        if missing or misshapen:
+        if missing or misshapen or foreign:
             problems = []
             if missing:
                 problems.append(
@@ -340,10 +407,22 @@ class FamilyCheckpointer(DetectionCheckpointer):
                     + "; ".join(misshapen[:20])
                     + (" ..." if len(misshapen) > 20 else "")
                 )
+            if foreign:
+                modules = {name for name, _ in self.model.named_modules()}
+                counts = Counter(_first_absent_module(n, modules) for n in foreign)
+                shown = [
+                    f"{m}.* ({c})" for m, c in sorted(counts.items(), key=lambda i: _natural(i[0]))
+                ]
+                problems.append(
+                    f"{len(foreign)} in the file belong to modules the model does not have (a "
+                    "deeper or different network): "
+                    + ", ".join(shown[:20])
+                    + (" ..." if len(shown) > 20 else "")
+                )
             raise IncompatibleWeightsError(
                 f"{source} ({fmt} format) does not fit the model's backbone; nothing was loaded. "
-                f"Backbone parameters {' and '.join(problems)}. Check the depth, widths and stem "
-                "of MODEL.RESNETS against the weights' architecture."
+                f"Backbone parameters: {'; '.join(problems)}. Check the depth, widths, stem and "
+                "block options of MODEL.RESNETS against the weights' architecture."
             )
 
         incompatible = super()._load_model(checkpoint)

@@ -112,7 +112,10 @@ def convert_file(src: str, dst: str, *, source: str, arch: str) -> tuple[str, st
 
     metadata = {
         "source": source,
+        "format": weights.format,
         "arch": arch,
+        # A detectron2 checkpoint records none of these: they are the --arch row's (the caller's
+        # statement of the layout), as for every other source.
         **metadata_from_config(row.config),
         "converted_from": os.path.basename(src),
         "converted_from_sha256": sha256_of_file(src),

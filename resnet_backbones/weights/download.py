@@ -84,8 +84,7 @@ def cache_path(url: str, cache_dir: Optional[str] = None) -> str:
     """Where ``url`` is cached: ``<cache_dir>/<16 hex digits of the URL's hash>/<file name>``.
 
     The URL's hash keeps apart files of the same name from different places (every detectron2
-    model is a ``model_final_*.pkl``); the file name keeps the extension that tells the loader
-    how to read the file.
+    model is a ``model_final_*.pkl``); the file name is kept for people reading the cache.
     """
     name = os.path.basename(urllib.parse.urlparse(url).path)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "download"
@@ -148,8 +147,6 @@ def _fetch(url: str, out: IO[bytes], timeout: float) -> str:
     except urllib.error.HTTPError as e:
         raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
     except urllib.error.URLError as e:
-        if isinstance(e.reason, UnsafeURLError):
-            raise e.reason from None
         raise DownloadError(f"cannot reach {url}: {e.reason}") from e
     except (OSError, http.client.HTTPException) as e:
         raise DownloadError(f"download of {url} failed: {e}") from e

@@ -64,9 +64,8 @@ FORMATS: tuple[str, ...] = (
     "timm",
     "pycls",
 )
-TORCH_EXTENSIONS: tuple[str, ...] = (".pth", ".pt", ".pyth", ".bin", ".ckpt")
-PICKLE_EXTENSIONS: tuple[str, ...] = (".pkl",)
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the first object of torch.save's older format
 
 # Our backbone's names: what every table produces and every checkpoint is placed from.
 BACKBONE_NAME = re.compile(r"(stem|res[2-5])\..+")
@@ -100,15 +99,19 @@ class SourceTable:
 # "torchvision", which is the same mapping. The SE and Res2Net tables extend torchvision's, so
 # they read a torchvision file too; the checkpointer then takes the family whose names the model
 # has, and a missing SE or Res2Net parameter is an error.
-_STRIDE_IN_3X3 = {"stride_in_1x1": False}
+# Every torchvision and timm ImageNet model takes RGB inputs; their bottlenecks have the stride
+# in the 3x3 conv. Pixel statistics vary between weights of one family (timm's ResNetV2), so the
+# tables do not imply them; the catalog entries and our converted files do.
+_RGB = {"input_format": "RGB"}
+_RGB_STRIDE_IN_3X3 = {**_RGB, "stride_in_1x1": False}
 SOURCE_TABLES: dict[str, SourceTable] = {
-    "resnet": SourceTable("torchvision", TORCHVISION_RESNET, _STRIDE_IN_3X3),
-    "resnet_d": SourceTable("timm", TIMM_RESNET_D, _STRIDE_IN_3X3),
-    "seresnet": SourceTable("timm", TIMM_SE_RESNET, _STRIDE_IN_3X3),
-    "res2net": SourceTable("timm", TIMM_RES2NET, _STRIDE_IN_3X3),
-    "resnetv2": SourceTable("timm", TIMM_RESNETV2, _STRIDE_IN_3X3),
+    "resnet": SourceTable("torchvision", TORCHVISION_RESNET, _RGB_STRIDE_IN_3X3),
+    "resnet_d": SourceTable("timm", TIMM_RESNET_D, _RGB_STRIDE_IN_3X3),
+    "seresnet": SourceTable("timm", TIMM_SE_RESNET, _RGB_STRIDE_IN_3X3),
+    "res2net": SourceTable("timm", TIMM_RES2NET, _RGB_STRIDE_IN_3X3),
+    "resnetv2": SourceTable("timm", TIMM_RESNETV2, _RGB_STRIDE_IN_3X3),
     # ReXNet has no bottleneck stride placement to check.
-    "rexnet": SourceTable("timm", TIMM_REXNET),
+    "rexnet": SourceTable("timm", TIMM_REXNET, _RGB),
 }
 
 
@@ -161,16 +164,17 @@ def _torch_load(path: str) -> Any:
 
 
 def read_file(path: str) -> Any:
-    """Reads a weights file without running code from it.
+    """Reads a weights file without running code from it, telling its kind by its content.
 
-    torch.save archives (by their content, whatever the name) and ``.pth .pt .pyth .bin
-    .ckpt`` files are read by ``torch.load(weights_only=True, map_location="cpu")``; ``.pkl``
-    files by :func:`~resnet_backbones.weights.safe_pickle.load_pickle`.
+    torch.save archives (zip) and torch.save's legacy format are read by
+    ``torch.load(weights_only=True, map_location="cpu")``; any other pickle (Caffe2 and detectron2
+    ``.pkl`` files) by :func:`~resnet_backbones.weights.safe_pickle.load_pickle`. The file's name
+    does not matter.
 
     Raises:
         FileNotFoundError: no such file.
         UnsafeWeightsError: the file names a global that weights never need.
-        WeightsFormatError: an empty, truncated or garbage file, or an unknown extension.
+        WeightsFormatError: an empty, truncated or garbage file.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path!r}")
@@ -178,22 +182,21 @@ def read_file(path: str) -> Any:
         raise WeightsFormatError(f"{path}: the weights file is empty")
     with open(path, "rb") as f:
         head = f.read(len(_ZIP_MAGIC))
-    extension = os.path.splitext(path)[1].lower()
-    if head == _ZIP_MAGIC or extension in TORCH_EXTENSIONS:
+    if head == _ZIP_MAGIC:
         return _torch_load(path)
-    if extension in PICKLE_EXTENSIONS:
-        try:
-            return load_pickle(path)
-        except UnsafeWeightsError:
-            raise
-        except Exception as e:  # a garbage stream raises anything from EOFError to KeyError
-            raise WeightsFormatError(
-                f"{path}: not a readable pickle ({type(e).__name__}: {e})"
-            ) from e
-    raise WeightsFormatError(
-        f"{path}: unknown weights file type {extension!r}; valid: a torch.save archive, or "
-        f"one of {', '.join(TORCH_EXTENSIONS + PICKLE_EXTENSIONS)}"
-    )
+    try:
+        # Reads the first pickled object only: torch.save's legacy format starts with a magic
+        # number, and everything after it is torch.load's to read.
+        obj = load_pickle(path)
+    except UnsafeWeightsError:
+        raise
+    except Exception as e:  # a garbage stream raises anything from EOFError to KeyError
+        raise WeightsFormatError(
+            f"{path}: neither a torch.save archive nor a readable pickle ({type(e).__name__}: {e})"
+        ) from e
+    if isinstance(obj, int) and not isinstance(obj, bool) and obj == _LEGACY_TORCH_MAGIC:
+        return _torch_load(path)
+    return obj
 
 
 def _is_array(value: Any) -> bool:
@@ -206,6 +209,11 @@ def _reads_all(rules: Sequence[Rule], names: Sequence[str]) -> bool:
     except KeyError:
         return False
     return True
+
+
+def _families(names: Sequence[str]) -> tuple[str, ...]:
+    """The families of :data:`SOURCE_TABLES` whose rules read every name, in table order."""
+    return tuple(f for f, table in SOURCE_TABLES.items() if _reads_all(table.rules, names))
 
 
 def _unknown(path: str, names: Sequence[str], why: str) -> WeightsFormatError:
@@ -249,6 +257,12 @@ def classify(checkpoint: Any, *, path: str = "<in memory>") -> WeightsFile:
         blobs = {k: v for k, v in checkpoint["blobs"].items() if not k.endswith("_momentum")}
         return WeightsFile(path, "msra", blobs, extra=rest("blobs"), wrapper="blobs")
     if isinstance(model, Mapping):
+        # A torchvision or timm state dict saved as {"model": ...} (DeiT-style training scripts)
+        # is read by a mapping table; anything else under "model" is a detectron2 model.
+        families = _families(list(model)) if all(_is_array(v) for v in model.values()) else ()
+        if families:
+            source = SOURCE_TABLES[families[0]].source
+            return WeightsFile(path, source, dict(model), families, extra=rest("model"), wrapper="model")  # fmt: skip
         return WeightsFile(path, "detectron2", dict(model), extra=rest("model"), wrapper="model")
     if isinstance(checkpoint.get("model_state"), Mapping):
         state = dict(checkpoint["model_state"])
@@ -266,7 +280,7 @@ def classify(checkpoint: Any, *, path: str = "<in memory>") -> WeightsFile:
     if all("." not in n for n in names) and any(_CAFFE2_NAME.fullmatch(n) for n in names):
         state = {k: v for k, v in state.items() if not k.endswith("_momentum")}
         return WeightsFile(path, "msra", state, extra=extra, wrapper=wrapper)
-    families = tuple(f for f, table in SOURCE_TABLES.items() if _reads_all(table.rules, names))
+    families = _families(names)
     if families:
         source = SOURCE_TABLES[families[0]].source
         return WeightsFile(path, source, state, families, extra=extra, wrapper=wrapper)
