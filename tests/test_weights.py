@@ -595,20 +595,15 @@ def test_own_checkpoints_save_and_resume(tmp_path):
 # --------------------------------------------------------------------------------------------
 # The model zoo: resnet_backbones://NAME, served from 127.0.0.1
 # --------------------------------------------------------------------------------------------
-def test_zoo_names_resolve_download_once_and_check_the_config(tmp_path, monkeypatch):
-    reference = _torchvision_reference("resnet18")
-    buffer = io.BytesIO()
-    torch.save(reference.state_dict(), buffer)
-    payload = buffer.getvalue()
-    prefix = hashlib.sha256(payload).hexdigest()[:8]
-    filename = f"resnet18-{prefix}.pth"
-    entry = WeightsEntry(
-        name="test-resnet18",
-        url=f"https://download.example.invalid/models/{filename}",
+def _resnet18_entry(name, sha256_prefix):
+    """A catalog entry for a torchvision resnet18 file named with ``sha256_prefix``."""
+    return WeightsEntry(
+        name=name,
+        url=f"https://download.example.invalid/models/resnet18-{sha256_prefix}.pth",
         source="torchvision",
         arch="resnet18",
         config=ARCHS["resnet18"].config,
-        sha256_prefix=prefix,
+        sha256_prefix=sha256_prefix,
         num_params=11689512,
         num_params_source="torchvision",
         top1=None,
@@ -618,6 +613,16 @@ def test_zoo_names_resolve_download_once_and_check_the_config(tmp_path, monkeypa
         license_source="test",
         non_commercial=False,
     )
+
+
+def test_zoo_names_resolve_download_once_and_check_the_config(tmp_path, monkeypatch):
+    reference = _torchvision_reference("resnet18")
+    buffer = io.BytesIO()
+    torch.save(reference.state_dict(), buffer)
+    payload = buffer.getvalue()
+    prefix = hashlib.sha256(payload).hexdigest()[:8]
+    filename = f"resnet18-{prefix}.pth"
+    entry = _resnet18_entry("test-resnet18", prefix)
     monkeypatch.setitem(catalog.CATALOG, entry.name, entry)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     with WeightsServer() as server:
@@ -669,22 +674,7 @@ def test_urls_in_model_weights_are_checked_against_their_hash(tmp_path, monkeypa
         assert not list(cache.rglob("*.pth"))
         _assert_stages_close(_load(cfg, server.url(f"/models/resnet18-{good}.pth")), expected, x)
 
-        entry = WeightsEntry(
-            name="tampered-resnet18",
-            url=f"https://download.example.invalid/models/resnet18-{bad}.pth",
-            source="torchvision",
-            arch="resnet18",
-            config=ARCHS["resnet18"].config,
-            sha256_prefix=bad,
-            num_params=11689512,
-            num_params_source="torchvision",
-            top1=None,
-            top1_source="random weights",
-            test_protocol="none",
-            license="Apache-2.0",
-            license_source="test",
-            non_commercial=False,
-        )
+        entry = _resnet18_entry("tampered-resnet18", bad)
         monkeypatch.setitem(catalog.CATALOG, entry.name, entry)
         monkeypatch.setenv(ZOO_BASE_URL_ENV, server.url("/models/"))
         with pytest.raises(ChecksumError, match=f"resnet18-{bad}.pth: expected a SHA-256"):

@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 is for secrets, not for a shared table
     os.replace(tmp, args.out)
     print(f"Wrote {args.out}")
     return 0

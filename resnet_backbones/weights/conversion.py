@@ -45,6 +45,7 @@ def _save_atomically(obj: Any, dst: str) -> None:
                 f.write(obj.encode("utf-8"))
             else:
                 torch.save(obj, f)
+        os.chmod(tmp, 0o644)  # as open() would create it, not mkstemp's 0600
         os.replace(tmp, dst)
     finally:
         with contextlib.suppress(FileNotFoundError):
