@@ -128,6 +128,18 @@ def _trainable_norms(cfg):
     return cfg
 
 
+def _classifier_counts(cfg, size: tuple[int, int], num_classes: int) -> dict[str, Any]:
+    """Parameters and MACs of the classifier of ``cfg``'s backbone on a ``size`` image."""
+    torch.manual_seed(0)
+    model = build_classifier(cfg, num_classes=num_classes)
+    return {
+        "input": list(size),
+        "num_classes": num_classes,
+        "params": count_parameters(model),
+        "macs": count_macs(model, size),
+    }
+
+
 def arch_complexity(name: str) -> dict[str, Any]:
     """Parameters and MACs of the ImageNet classifier (224x224, 1000 classes) of architecture
     ``name`` of :data:`resnet_backbones.weights.archs.ARCHS`: the network its weights fill.
@@ -138,15 +150,7 @@ def arch_complexity(name: str) -> dict[str, Any]:
     from .weights.archs import arch_config, get_arch
 
     cfg = _trainable_norms(arch_config(get_arch(name)))
-    size = CLASSIFICATION_SIZE["detection"]
-    torch.manual_seed(0)
-    model = build_classifier(cfg, num_classes=1000)
-    return {
-        "input": list(size),
-        "num_classes": 1000,
-        "params": count_parameters(model),
-        "macs": count_macs(model, size),
-    }
+    return _classifier_counts(cfg, CLASSIFICATION_SIZE["detection"], 1000)
 
 
 def _detection_backbone(cfg) -> nn.Module:
@@ -170,17 +174,7 @@ def preset_complexity(name: str) -> dict[str, Any]:
     preset = PRESETS[name]
     cfg = _trainable_norms(preset_config(name))
     size = CLASSIFICATION_SIZE[preset.task]
-    torch.manual_seed(0)
-    classifier = build_classifier(cfg, num_classes=preset.num_classes)
-    out: dict[str, Any] = {
-        "classifier": {
-            "input": list(size),
-            "num_classes": preset.num_classes,
-            "params": count_parameters(classifier),
-            "macs": count_macs(classifier, size),
-        }
-    }
-    del classifier
+    out: dict[str, Any] = {"classifier": _classifier_counts(cfg, size, preset.num_classes)}
     if preset.task == "detection":
         backbone = _detection_backbone(cfg)
         out["detection_backbone"] = {
@@ -227,14 +221,13 @@ def published_comparison() -> list[dict[str, Any]]:
         for stride_in, source, published in placements:
             cfg = _trainable_norms(preset_config(name))
             cfg.MODEL.RESNETS.STRIDE_IN_1X1 = stride_in == "1x1"
-            torch.manual_seed(0)
-            model = build_classifier(cfg)
+            counts = _classifier_counts(cfg, CLASSIFICATION_SIZE["detection"], 1000)
             rows.append(
                 {
                     "preset": name,
                     "stride_in": stride_in,
-                    "params": count_parameters(model),
-                    "macs": count_macs(model, CLASSIFICATION_SIZE["detection"]),
+                    "params": counts["params"],
+                    "macs": counts["macs"],
                     "published_params": published["params"],
                     "published_gmacs": published["gmacs"],
                     "source": source,

@@ -14,13 +14,12 @@ from detectron2.utils.events import EventStorage
 from resnet_backbones.engine import load_config
 from resnet_backbones.modeling.layers import BottleneckBlock
 from resnet_backbones.modeling.spec import BlockOptions
-from resnet_backbones.presets import PRESETS, apply_preset
+from resnet_backbones.presets import apply_preset
 
 from .conftest import REPO, randomize_norm_statistics
+from .test_family import BASE_CONFIGS, PRESET_FORMS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-BASE_CONFIGS = {"C4": "Base-RCNN-C4.yaml", "DC5": "Base-RCNN-DilatedC5.yaml", "FPN": "Base-RCNN-FPN.yaml"}  # fmt: skip
 
 
 @pytest.mark.parametrize("modulated", [False, True])
@@ -54,9 +53,6 @@ def test_a_dcn_block_computes_the_same_on_the_gpu_as_on_the_cpu(modulated):
     for (name, p), p_gpu in zip(block.named_parameters(), gpu.parameters()):
         torch.testing.assert_close(p_gpu.grad.cpu(), p.grad, rtol=1e-9, atol=1e-9, msg=name)
     assert block.conv2_offset.weight.grad.abs().sum() > 0
-
-
-PRESET_FORMS = [(n, f) for n, p in PRESETS.items() for f in p.forms]
 
 
 @pytest.mark.parametrize("name, form", PRESET_FORMS)

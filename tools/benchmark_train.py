@@ -104,6 +104,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     ours, ours_opt = make(cfg)
     models = {"resnet_backbones": (ours, ours_opt)}
+    dev = torch.device(device)
+    batch = synthetic_batch(args.batch, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     name = cfg.MODEL.BACKBONE.NAME
     if name in BUILTIN:
         ref_cfg = cfg.clone()
@@ -111,8 +113,6 @@ def main(argv=None) -> int:
         ref_cfg.MODEL.BACKBONE.NAME = BUILTIN[name]
         if ref_cfg.MODEL.ROI_HEADS.NAME == "Res5FamilyROIHeads":
             ref_cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
-        batch = synthetic_batch(args.batch, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-        reference = None
         try:
             reference, ref_opt = make(ref_cfg)
             reference.load_state_dict(ours.state_dict(), strict=True)
@@ -125,13 +125,11 @@ def main(argv=None) -> int:
             reference = None
         if reference is not None:
             try:
-                step(reference, ref_opt, batch, torch.device(device))
+                step(reference, ref_opt, batch, dev)
                 models = {"detectron2": (reference, ref_opt), **models}
             except RuntimeError as e:  # its DCN needs detectron2's compiled ops
                 print(f"detectron2's own model does not run here ({e}); timing ours alone")
 
-    dev = torch.device(device)
-    batch = synthetic_batch(args.batch, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     for _ in range(args.warmup):
         for model, opt in models.values():
             step(model, opt, batch, dev)

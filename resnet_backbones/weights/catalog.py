@@ -13,6 +13,7 @@ of each URL, under that base).
 from __future__ import annotations
 
 from .archs import ARCHS
+from .download import hash_prefix_from_url
 from .entry import WeightsEntry
 
 __all__ = ["CATALOG"]
@@ -40,7 +41,7 @@ def _tv(arch: str, enum: str, version: int, url: str, num_params: int, top1: flo
         source="torchvision",
         arch=arch,
         config=ARCHS[arch].config,
-        sha256_prefix=url.rsplit("-", 1)[1].split(".")[0],
+        sha256_prefix=hash_prefix_from_url(url),
         num_params=num_params,
         num_params_source="torchvision",
         top1=top1,
@@ -141,7 +142,7 @@ def _timm(name: str, url: str, num_params: int, top1: float, protocol: str, lice
         source="timm",
         arch=arch,
         config=ARCHS[arch].config,
-        sha256_prefix=url.rsplit("-", 1)[1].split(".")[0],
+        sha256_prefix=hash_prefix_from_url(url),
         num_params=num_params,
         num_params_source="timm",
         top1=top1,

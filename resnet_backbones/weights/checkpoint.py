@@ -85,12 +85,18 @@ def catalog_entry(name: str) -> WeightsEntry:
     return CATALOG[name]
 
 
+def _https_url(url: str) -> str:
+    """``detectron2://PATH`` as the https URL of detectron2's file server; others unchanged."""
+    if url.startswith(DETECTRON2_PREFIX):
+        return DETECTRON2_BASE_URL + url[len(DETECTRON2_PREFIX) :]
+    return url
+
+
 def catalog_entry_for_url(url: str) -> Optional[WeightsEntry]:
     """The catalog entry published at ``url`` (``detectron2://`` expanded), or None."""
     from .catalog import CATALOG
 
-    if url.startswith(DETECTRON2_PREFIX):
-        url = DETECTRON2_BASE_URL + url[len(DETECTRON2_PREFIX) :]
+    url = _https_url(url)
     return next((e for e in CATALOG.values() if e.url == url), None)
 
 
@@ -103,7 +109,14 @@ def zoo_url(entry: WeightsEntry) -> str:
     return base.rstrip("/") + "/" + os.path.basename(urllib.parse.urlparse(entry.url).path)
 
 
-class _ZooHandler(PathHandler):
+class _DownloadingHandler(PathHandler):
+    """A handler whose paths become local files by :func:`download`; opening reads those."""
+
+    def _open(self, path: str, mode: str = "r", **kwargs: Any):
+        return open(self._get_local_path(path), mode)
+
+
+class _ZooHandler(_DownloadingHandler):
     """``resnet_backbones://NAME`` -> the downloaded, verified file of catalog entry NAME."""
 
     def _get_supported_prefixes(self) -> list[str]:
@@ -113,11 +126,8 @@ class _ZooHandler(PathHandler):
         entry = catalog_entry(path[len(ZOO_PREFIX) :])
         return download(zoo_url(entry), sha256=entry.sha256, sha256_prefix=entry.sha256_prefix)
 
-    def _open(self, path: str, mode: str = "r", **kwargs: Any):
-        return open(self._get_local_path(path), mode)
 
-
-class _DownloadHandler(PathHandler):
+class _DownloadHandler(_DownloadingHandler):
     """``http(s)://`` (and ``detectron2://``, detectron2's file server) through
     :func:`download`: https only, written atomically, cached."""
 
@@ -125,16 +135,12 @@ class _DownloadHandler(PathHandler):
         return ["http://", "https://", DETECTRON2_PREFIX]
 
     def _get_local_path(self, path: str, force: bool = False, **kwargs: Any) -> str:
-        if path.startswith(DETECTRON2_PREFIX):
-            path = DETECTRON2_BASE_URL + path[len(DETECTRON2_PREFIX) :]
+        path = _https_url(path)
         # The catalog's hash for a catalog file, else the torch.hub-style prefix in the name.
         entry = catalog_entry_for_url(path)
         if entry is not None and (entry.sha256 or entry.sha256_prefix):
             return download(path, sha256=entry.sha256, sha256_prefix=entry.sha256_prefix)
         return download(path, sha256_prefix=hash_prefix_from_url(path))
-
-    def _open(self, path: str, mode: str = "r", **kwargs: Any):
-        return open(self._get_local_path(path), mode)
 
 
 @cache
@@ -179,6 +185,10 @@ def _first_absent_module(name: str, modules: set[str]) -> str:
 def _natural(name: str) -> list:
     """Sort key that orders res4.6 before res4.10."""
     return [(0, int(part)) if part.isdigit() else (1, part) for part in name.split(".")]
+
+
+def _first_20(items: list[str], separator: str) -> str:
+    return separator.join(items[:20]) + (" ..." if len(items) > 20 else "")
 
 
 def _group(names: Any, depth: int = 2) -> str:
@@ -228,32 +238,34 @@ class FamilyCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         weights = read_weights(filename)
-        model_state = self.model.state_dict()
-        self._check_metadata(weights)
+        model_names = set(self.model.state_dict())
+        self._check_metadata(weights, model_names)
         if weights.format in RENAMED_FORMATS and weights.wrapper != "blobs":
-            state = backbone_state_dict(weights, self._family(weights, model_state))
-            checkpoint = {"model": self._place(state), "__author__": weights.format}
+            state = backbone_state_dict(weights, self._family(weights, model_names))
+            checkpoint = {"model": self._place(state, model_names), "__author__": weights.format}
             if weights.format == "resnet_backbones":
                 checkpoint["metadata"] = weights.metadata
         else:
-            checkpoint = self._detectron2_checkpoint(weights)
+            checkpoint = self._detectron2_checkpoint(weights, model_names)
         checkpoint[_FORMAT_KEY] = weights.format
         checkpoint[_PATH_KEY] = self._requested or filename
         return checkpoint
 
-    def _family(self, weights: WeightsFile, model_state: Mapping[str, Any]) -> Optional[str]:
+    def _family(self, weights: WeightsFile, model_names: set[str]) -> Optional[str]:
         """Of the tables that read the file, the one whose names the model has most of."""
         if len(weights.families) < 2:
             return None
-        model_names = set(model_state)
         return max(
             weights.families,
-            key=lambda f: len(set(self._place(backbone_state_dict(weights, f))) & model_names),
+            key=lambda f: len(
+                set(self._place(backbone_state_dict(weights, f), model_names)) & model_names
+            ),
         )
 
-    def _place(self, backbone: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _place(
+        self, backbone: Mapping[str, torch.Tensor], model_names: set[str]
+    ) -> dict[str, torch.Tensor]:
         """Our backbone names -> the model's (prefixed; res5 into the C4 head, if it has it)."""
-        model_names = set(self.model.state_dict())
         prefix = backbone_prefix(model_names)
         placed = {}
         for name, tensor in backbone.items():
@@ -265,7 +277,7 @@ class FamilyCheckpointer(DetectionCheckpointer):
             placed[target] = tensor
         return placed
 
-    def _detectron2_checkpoint(self, weights: WeightsFile) -> dict[str, Any]:
+    def _detectron2_checkpoint(self, weights: WeightsFile, names: set[str]) -> dict[str, Any]:
         """A detectron2 / pycls / Detectron1 checkpoint, as detectron2 would load it."""
         checkpoint = {**weights.extra, "model": dict(weights.state_dict)}
         if weights.format == "msra":  # Detectron1 {"blobs": ...}: detectron2's C2 renaming
@@ -282,14 +294,13 @@ class FamilyCheckpointer(DetectionCheckpointer):
                 "__author__": "pycls",
                 "matching_heuristics": True,
             }
-        names = set(self.model.state_dict())
         state = checkpoint["model"]
         if not checkpoint.get("matching_heuristics") and not set(state) & names:
             if all(BACKBONE_NAME.fullmatch(n) for n in state):  # a bare backbone's state
-                checkpoint["model"] = self._place(state)
+                checkpoint["model"] = self._place(state, names)
         return checkpoint
 
-    def _check_metadata(self, weights: WeightsFile) -> None:
+    def _check_metadata(self, weights: WeightsFile, model_names: set[str]) -> None:
         """The config against what the file, its table or its catalog entry says."""
         expected = weights.implied_metadata
         source = self._requested or weights.path
@@ -307,7 +318,7 @@ class FamilyCheckpointer(DetectionCheckpointer):
                 "%s: no config given to the checkpointer; its metadata is not checked", source
             )
             return
-        bottleneck = has_bottlenecks(self.model.state_dict())
+        bottleneck = has_bottlenecks(model_names)
         check_metadata(expected, self.cfg, source=source, bottleneck=bottleneck)
 
     def _backbone_names(self, model_names: Iterable[str]) -> list[str]:
@@ -330,7 +341,7 @@ class FamilyCheckpointer(DetectionCheckpointer):
         ]
 
     def _unexpected_backbone_names(
-        self, state: Mapping[str, Any], model_state: Mapping[str, Any]
+        self, state: Mapping[str, Any], model_state: Mapping[str, Any], modules: set[str]
     ) -> tuple[list[str], list[str]]:
         """Tensors of the file placed in a stage the model builds but not in the model.
 
@@ -355,7 +366,6 @@ class FamilyCheckpointer(DetectionCheckpointer):
             return None
 
         built = {stage_of(n) for n in model_state} - {None}
-        modules = {name for name, _ in self.model.named_modules()}
         foreign, extra = [], []
         for name in sorted(state, key=_natural):
             if name in model_state or name.endswith("num_batches_tracked"):
@@ -378,7 +388,8 @@ class FamilyCheckpointer(DetectionCheckpointer):
             checkpoint["matching_heuristics"] = False
 
         backbone = self._backbone_names(model_state)
-        foreign, extra_params = self._unexpected_backbone_names(state, model_state)
+        modules = {name for name, _ in self.model.named_modules()}
+        foreign, extra_params = self._unexpected_backbone_names(state, model_state, modules)
         if extra_params:
             logger.warning(
                 "%s: %d tensors have no parameter in the model's (existing) modules and are not "
@@ -396,28 +407,19 @@ class FamilyCheckpointer(DetectionCheckpointer):
         if missing or misshapen or foreign:
             problems = []
             if missing:
-                problems.append(
-                    f"{len(missing)} missing: "
-                    + ", ".join(missing[:20])
-                    + (" ..." if len(missing) > 20 else "")
-                )
+                problems.append(f"{len(missing)} missing: " + _first_20(missing, ", "))
             if misshapen:
                 problems.append(
-                    f"{len(misshapen)} of the wrong shape: "
-                    + "; ".join(misshapen[:20])
-                    + (" ..." if len(misshapen) > 20 else "")
+                    f"{len(misshapen)} of the wrong shape: " + _first_20(misshapen, "; ")
                 )
             if foreign:
-                modules = {name for name, _ in self.model.named_modules()}
                 counts = Counter(_first_absent_module(n, modules) for n in foreign)
                 shown = [
                     f"{m}.* ({c})" for m, c in sorted(counts.items(), key=lambda i: _natural(i[0]))
                 ]
                 problems.append(
                     f"{len(foreign)} in the file belong to modules the model does not have (a "
-                    "deeper or different network): "
-                    + ", ".join(shown[:20])
-                    + (" ..." if len(shown) > 20 else "")
+                    "deeper or different network): " + _first_20(shown, ", ")
                 )
             raise IncompatibleWeightsError(
                 f"{source} ({fmt} format) does not fit the model's backbone; nothing was loaded. "

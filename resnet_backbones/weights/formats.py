@@ -216,6 +216,17 @@ def _families(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(f for f, table in SOURCE_TABLES.items() if _reads_all(table.rules, names))
 
 
+def _read_by_a_table(
+    path: str, state: dict[str, Any], extra: dict[str, Any], wrapper: Optional[str]
+) -> Optional[WeightsFile]:
+    """A torchvision or timm file, if a table of :data:`SOURCE_TABLES` reads every name."""
+    families = _families(list(state))
+    if not families:
+        return None
+    source = SOURCE_TABLES[families[0]].source
+    return WeightsFile(path, source, state, families, extra=extra, wrapper=wrapper)
+
+
 def _unknown(path: str, names: Sequence[str], why: str) -> WeightsFormatError:
     shown = ", ".join(repr(n) for n in list(names)[:8])
     return WeightsFormatError(
@@ -259,10 +270,10 @@ def classify(checkpoint: Any, *, path: str = "<in memory>") -> WeightsFile:
     if isinstance(model, Mapping):
         # A torchvision or timm state dict saved as {"model": ...} (DeiT-style training scripts)
         # is read by a mapping table; anything else under "model" is a detectron2 model.
-        families = _families(list(model)) if all(_is_array(v) for v in model.values()) else ()
-        if families:
-            source = SOURCE_TABLES[families[0]].source
-            return WeightsFile(path, source, dict(model), families, extra=rest("model"), wrapper="model")  # fmt: skip
+        if all(_is_array(v) for v in model.values()):
+            read = _read_by_a_table(path, dict(model), rest("model"), "model")
+            if read is not None:
+                return read
         return WeightsFile(path, "detectron2", dict(model), extra=rest("model"), wrapper="model")
     if isinstance(checkpoint.get("model_state"), Mapping):
         state = dict(checkpoint["model_state"])
@@ -280,10 +291,9 @@ def classify(checkpoint: Any, *, path: str = "<in memory>") -> WeightsFile:
     if all("." not in n for n in names) and any(_CAFFE2_NAME.fullmatch(n) for n in names):
         state = {k: v for k, v in state.items() if not k.endswith("_momentum")}
         return WeightsFile(path, "msra", state, extra=extra, wrapper=wrapper)
-    families = _families(names)
-    if families:
-        source = SOURCE_TABLES[families[0]].source
-        return WeightsFile(path, source, state, families, extra=extra, wrapper=wrapper)
+    read = _read_by_a_table(path, state, extra, wrapper)
+    if read is not None:
+        return read
     if any(n.startswith(_DETECTRON2_MODULES) for n in names) or all(
         BACKBONE_NAME.fullmatch(n) for n in names
     ):
