@@ -16,7 +16,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 
 from ._compat import uses_c_stand_in
 from .config import OPTIMIZERS, add_resnet_backbones_config
-from .modeling.spec import check_choice
+from .utils import check_choice, first_n
 from .weights.checkpoint import FamilyCheckpointer
 
 __all__ = ["DatasetNotFoundError", "Trainer", "check_datasets", "load_config", "use_cpu_if_no_cuda"]
@@ -67,7 +67,7 @@ def check_datasets(names: Sequence[str]) -> None:
         if name not in registered:
             raise DatasetNotFoundError(
                 f"dataset {name!r} is not registered; registered datasets include: "
-                f"{', '.join(sorted(registered)[:40])} ..."
+                f"{first_n(sorted(registered), 40)}"
             )
         meta = MetadataCatalog.get(name)
         if getattr(meta, "generated_on_first_use", False):

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from detectron2.config import CfgNode, get_cfg
 
 from .config import add_resnet_backbones_config
-from .modeling.spec import check_choice
+from .utils import check_choice, config_set
 
 __all__ = ["DETECTOR_FORMS", "FPN_BACKBONES", "PRESETS", "Preset", "apply_preset", "preset_config"]
 
@@ -201,12 +201,7 @@ def apply_preset(cfg: CfgNode, name: str) -> CfgNode:
     for key, value in PRESETS[name].keys.items():
         if key == "MODEL.BACKBONE.NAME" and fpn:
             value = FPN_BACKBONES[value]
-        node = cfg
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        check_choice("config key", leaf, node.keys())
-        node[leaf] = value
+        config_set(cfg, key, value)
     return cfg
 
 

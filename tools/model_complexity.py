@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 # Before anything from detectron2 (see tools/train_net.py).
@@ -26,6 +25,7 @@ import resnet_backbones  # noqa: F401
 # isort: split
 from resnet_backbones.complexity import arch_complexity, preset_complexity, published_comparison
 from resnet_backbones.presets import PRESETS
+from resnet_backbones.utils import atomic_write
 from resnet_backbones.weights.archs import ARCHS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,13 +89,8 @@ def main(argv=None) -> int:
             return 1
         print(f"{args.out} matches the models")
         return 0
-    folder = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_write(args.out, "w", encoding="utf-8") as f:
         f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 is for secrets, not for a shared table
-    os.replace(tmp, args.out)
     print(f"Wrote {args.out}")
     return 0
 

@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..utils import cache_root
+
 __all__ = [
     "CLASSES",
     "SPLITS",
     "ShapesConfig",
-    "cache_root",
     "ensure_shapes",
     "generate_image",
     "generate_split",
@@ -67,14 +68,6 @@ SPLITS: dict[str, ShapesConfig] = {
 }
 _SPLIT_IDS = {"train": 0, "val": 1}
 _FORMAT_VERSION = 2
-
-
-def cache_root() -> Path:
-    """Where generated data lives: ``$RESNET_BACKBONES_CACHE`` or ``~/.cache/resnet_backbones``."""
-    root = os.environ.get("RESNET_BACKBONES_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "resnet_backbones"
-    )
-    return Path(root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +254,7 @@ def generate_split(split: str, out_dir: str | os.PathLike, cfg: ShapesConfig | N
 
 def split_dir(split: str, cfg: ShapesConfig | None = None) -> Path:
     cfg = cfg or SPLITS[split]
-    return cache_root() / "datasets" / f"shapes_v{_FORMAT_VERSION}_{cfg.digest()}" / split
+    return Path(cache_root()) / "datasets" / f"shapes_v{_FORMAT_VERSION}_{cfg.digest()}" / split
 
 
 def ensure_shapes(split: str, cfg: ShapesConfig | None = None) -> Path:

@@ -21,8 +21,9 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.utils import comm
 from torch import nn
 
+from ..utils import check_choice
 from .layers import STEM_CLASSES, make_stage
-from .spec import ResNetSpec, check_choice, feature_names_up_to, spec_from_config
+from .spec import ResNetSpec, feature_names_up_to, spec_from_config
 
 __all__ = [
     "ResNetFamily",

@@ -25,8 +25,9 @@ from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
+from ..utils import check_choice, check_positive_number
 from .backbone import resolve_norm
-from .spec import FEATURE_NAMES, check_choice
+from .spec import FEATURE_NAMES
 
 __all__ = [
     "REXNET_GROUPS",
@@ -104,11 +105,6 @@ def _make_divisible(value: float, divisor: int) -> int:
     the rounding rule of timm's ``make_divisible``, on which the pretrained widths depend."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
-
-
-def _check_positive(key: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{key} = {value!r} is not valid; it must be a positive number")
 
 
 def rexnet_stem_channels(width_mult: float = 1.0, channel_divisor: int = 1) -> int:
@@ -327,13 +323,13 @@ class ReXNet(Backbone):
             ValueError: naming the config key, the bad value and the valid values.
         """
         super().__init__()
-        _check_positive("MODEL.REXNET.WIDTH_MULT", width_mult)
-        _check_positive("depth_mult", depth_mult)
+        check_positive_number("MODEL.REXNET.WIDTH_MULT", width_mult)
+        check_positive_number("depth_mult", depth_mult)
         if isinstance(channel_divisor, bool) or not isinstance(channel_divisor, int):
             raise ValueError(
                 f"channel_divisor = {channel_divisor!r} is not valid; it must be a positive integer"
             )
-        _check_positive("channel_divisor", channel_divisor)
+        check_positive_number("channel_divisor", channel_divisor)
         check_choice("MODEL.REXNET.NORM", norm, REXNET_NORMS)
         check_choice("MODEL.BACKBONE.FREEZE_AT", freeze_at, FREEZE_AT_VALUES)
         if not out_features:

@@ -9,7 +9,9 @@ class in :mod:`resnet_backbones.modeling.layers`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Sequence
+
+from ..utils import check_choice, check_positive_int
 
 __all__ = [
     "BLOCK_ORDERS",
@@ -25,7 +27,6 @@ __all__ = [
     "Depth",
     "ResNetSpec",
     "StageSpec",
-    "check_choice",
     "cifar_depth",
     "resnet_spec",
     "spec_from_config",
@@ -76,15 +77,6 @@ def cifar_depth(depth: int) -> Depth | None:
         return None
     n = (depth - depth % 6) // 6
     return Depth("basic", (n, n, n))
-
-
-def check_choice(key: str, value: Any, valid: Iterable[Any]) -> None:
-    """Raises ValueError naming ``key``, the bad ``value`` and the valid ones."""
-    valid = tuple(valid)
-    if value not in valid:
-        raise ValueError(
-            f"{key} = {value!r} is not valid; valid values: {', '.join(repr(v) for v in valid)}"
-        )
 
 
 @dataclass(frozen=True)
@@ -163,12 +155,6 @@ class ResNetSpec:
         return ("stem",) + tuple(s.name for s in self.stages)
 
 
-def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{key} = {value!r} is not valid; it must be {kind}")
-
-
 def resnet_spec(
     depth: int,
     *,
@@ -231,8 +217,8 @@ def resnet_spec(
         ("MODEL.RESNETS.WIDEN_FACTOR", widen_factor),
         ("MODEL.RESNETS.DEFORM_NUM_GROUPS", deform_num_groups),
     ]:
-        _positive_int(key, value)
-    _positive_int("MODEL.RESNETS.SE_RATIO", se_ratio, minimum=0)
+        check_positive_int(key, value)
+    check_positive_int("MODEL.RESNETS.SE_RATIO", se_ratio, minimum=0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"MODEL.RESNETS.DROPOUT = {dropout!r} is not valid; it must be in [0, 1)")
     deform_on_per_stage = tuple(deform_on_per_stage)
