@@ -36,9 +36,10 @@ from .modeling import (  # noqa: E402
     build_resnet_family_fpn_backbone,
     build_resnet_family_retinanet_fpn_backbone,
 )
-
-# FamilyCheckpointer; importing it also teaches detectron2's PathManager resnet_backbones://.
 from .weights.checkpoint import FamilyCheckpointer  # noqa: E402
+from .weights.resolve import register_zoo_scheme  # noqa: E402
+
+register_zoo_scheme()  # detectron2's own PathManager learns resnet_backbones://NAME
 
 __version__ = "0.1.0"
 

@@ -25,7 +25,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from .modeling.classifier import build_classifier
-from .presets import PRESETS, preset_config
+from .presets import PRESETS, arch_config, preset_config
 
 __all__ = [
     "CLASSIFICATION_SIZE",
@@ -142,14 +142,12 @@ def _classifier_counts(cfg, size: tuple[int, int], num_classes: int) -> dict[str
 
 def arch_complexity(name: str) -> dict[str, Any]:
     """Parameters and MACs of the ImageNet classifier (224x224, 1000 classes) of architecture
-    ``name`` of :data:`resnet_backbones.weights.archs.ARCHS`: the network its weights fill.
+    ``name`` of :data:`resnet_backbones.presets.ARCHS`: the network its weights fill.
 
     Returns:
         ``{"input": [224, 224], "num_classes": 1000, "params": p, "macs": m}``.
     """
-    from .weights.archs import arch_config, get_arch
-
-    cfg = _trainable_norms(arch_config(get_arch(name)))
+    cfg = _trainable_norms(arch_config(name))
     return _classifier_counts(cfg, CLASSIFICATION_SIZE["detection"], 1000)
 
 
@@ -187,25 +185,28 @@ def preset_complexity(name: str) -> dict[str, Any]:
 
 # Published ImageNet complexity of the plain ResNets, and which stride placement each counts:
 # the ResNet paper (Table 1, "FLOPs" = multiply-adds) puts a bottleneck's stride in its first
-# 1x1 conv, as MSRA's models; torchvision (ResNet*_Weights.IMAGENET1K_V1.meta["_ops"], read from
-# torchvision itself) puts it in the 3x3 conv, which costs more at res3..res5.
+# 1x1 conv, as MSRA's models; torchvision (its Weights' meta["_ops"], read from torchvision
+# itself) puts it in the 3x3 conv, which costs more at res3..res5.
 PAPER_GMACS: dict[str, float] = {"R-50": 3.8, "R-101": 7.6, "R-152": 11.3}
-TORCHVISION_WEIGHTS: dict[str, str] = {
-    "R-18": "ResNet18_Weights",
-    "R-34": "ResNet34_Weights",
-    "R-50": "ResNet50_Weights",
-    "R-101": "ResNet101_Weights",
-    "R-152": "ResNet152_Weights",
-    "X-101-32x8d": "ResNeXt101_32X8D_Weights",
-    "WRN-50-2": "Wide_ResNet50_2_Weights",
-}
+COMPARED_PRESETS: tuple[str, ...] = (
+    "R-18", "R-34", "R-50", "R-101", "R-152", "X-101-32x8d", "WRN-50-2"
+)  # fmt: skip
 
 
 def torchvision_published(name: str) -> dict[str, Any]:
-    """torchvision's published parameters and GMACs ("GFLOPS") of the network of preset ``name``."""
+    """torchvision's published parameters and GMACs ("GFLOPS") of the network of preset ``name``
+    (its first ImageNet weights in the catalog)."""
     import torchvision.models as tvm
 
-    meta = getattr(tvm, TORCHVISION_WEIGHTS[name]).IMAGENET1K_V1.meta
+    from .weights.catalog import CATALOG
+
+    weights = next(
+        e.torchvision_weights
+        for e in CATALOG.values()
+        if e.preset == name and (e.torchvision_weights or "").endswith("IMAGENET1K_V1")
+    )
+    enum, member = weights.split(".")
+    meta = getattr(getattr(tvm, enum), member).meta
     return {"params": meta["num_params"], "gmacs": meta["_ops"]}
 
 
@@ -213,7 +214,7 @@ def published_comparison() -> list[dict[str, Any]]:
     """Our counts (classifier, 224x224, 1000 classes) beside the published ones, for each stride
     placement the publications use."""
     rows = []
-    for name in ("R-18", "R-34", "R-50", "R-101", "R-152", "X-101-32x8d", "WRN-50-2"):
+    for name in COMPARED_PRESETS:
         placements = [("3x3", "torchvision", torchvision_published(name))]
         if name in PAPER_GMACS:
             paper = {"params": None, "gmacs": PAPER_GMACS[name]}

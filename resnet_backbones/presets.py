@@ -1,23 +1,41 @@
-"""The named members of the family: one row each, data only.
+"""The named networks of the family, one row each, and other libraries' names for them.
 
 A preset is the ``MODEL.RESNETS`` keys (or ``MODEL.REXNET`` keys) that make a variant from the
 literature out of the one design, plus the detection configs under ``configs/`` that use it.
 Nothing here builds a network by hand: :func:`preset_config` makes a detectron2 config, and the
 registered builders (or :class:`~resnet_backbones.modeling.ResNetClassifier`) build it. A test
 checks that every listed config builds exactly its preset's network.
+
+A preset also lists the names other libraries give its network (:class:`Arch`: ``resnet50``
+for torchvision, ``seresnet50`` for timm, ``R-50`` for MSRA's Caffe2 files), each with the
+layout of its published weights: which mapping family reads their names and where their
+bottlenecks have the stride. :data:`ARCHS` indexes them by name; a weights file of another
+library is read as one of these, and the model-zoo catalog's entries name one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from detectron2.config import CfgNode, get_cfg
 
 from .config import add_resnet_backbones_config
 from .utils import check_choice, config_set
 
-__all__ = ["DETECTOR_FORMS", "FPN_BACKBONES", "PRESETS", "Preset", "apply_preset", "preset_config"]
+__all__ = [
+    "ARCHS",
+    "DETECTOR_FORMS",
+    "FPN_BACKBONES",
+    "PRESETS",
+    "Arch",
+    "Preset",
+    "apply_preset",
+    "arch_config",
+    "get_arch",
+    "preset_config",
+]
 
 # detectron2's three Faster R-CNN forms (configs/Base-RCNN-{C4,DilatedC5,FPN}.yaml).
 DETECTOR_FORMS: tuple[str, ...] = ("C4", "DC5", "FPN")
@@ -26,6 +44,73 @@ FPN_BACKBONES: dict[str, str] = {
     "build_resnet_family_backbone": "build_resnet_family_fpn_backbone",
     "build_rexnet_backbone": "build_rexnet_fpn_backbone",
 }
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Another library's name for a preset's network, and the layout of its published weights.
+
+    Attributes:
+        name: the library's own name (``resnet50``, ``seresnet50``, ``R-50``).
+        source: the format of its weights, "torchvision", "timm" or "msra" (Caffe2 names).
+        family: for torchvision and timm, the mapping family
+            (:data:`~resnet_backbones.weights.mappings.FAMILIES`) that reads its names; None for
+            "msra" (renamed by detectron2's own Caffe2 code).
+        stride_in_1x1: its bottlenecks have their stride in the first 1x1 conv (MSRA's Caffe2
+            ResNets) rather than the 3x3 conv (torchvision, timm, FAIR's ResNeXt).
+        preset: the name of its preset (set by :data:`ARCHS`).
+    """
+
+    name: str
+    source: str
+    family: Optional[str]
+    stride_in_1x1: bool = False
+    preset: str = ""
+
+    def __post_init__(self) -> None:
+        from .weights.mappings import FAMILIES
+
+        check_choice(f"Arch {self.name!r}: source", self.source, ("torchvision", "timm", "msra"))
+        if (self.family is None) != (self.source == "msra"):
+            raise ValueError(
+                f"Arch {self.name!r}: family = {self.family!r} with source = {self.source!r}; "
+                "torchvision and timm archs name a mapping family, msra archs none"
+            )
+        if self.family is not None:
+            check_choice(f"Arch {self.name!r}: family", self.family, FAMILIES)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Config keys that build the backbone these weights fit, for fine-tuning (frozen BN),
+        onto one of our base configs. Those name our ResNet-family builder in each form; a
+        network of another builder names it (its FPN builder when FPN is its only form)."""
+        preset = PRESETS[self.preset]
+        keys = dict(preset.keys)
+        builder = keys.pop("MODEL.BACKBONE.NAME")
+        if builder == "build_resnet_family_backbone":
+            keys["MODEL.RESNETS.STRIDE_IN_1X1"] = self.stride_in_1x1
+            keys["MODEL.RESNETS.NORM"] = "FrozenBN"
+        else:
+            keys["MODEL.BACKBONE.NAME"] = (
+                FPN_BACKBONES[builder] if preset.forms == ("FPN",) else builder
+            )
+            keys["MODEL.REXNET.NORM"] = "FrozenBN"
+        return keys
+
+
+def _tv(name: str) -> Arch:
+    """A torchvision ResNet (stride in the 3x3 conv)."""
+    return Arch(name, "torchvision", "resnet")
+
+
+def _timm(name: str, family: str) -> Arch:
+    """A timm network (stride in the 3x3 conv)."""
+    return Arch(name, "timm", family)
+
+
+def _msra(name: str, stride_in_1x1: bool) -> Arch:
+    """A Caffe2 file of MSRA or FAIR (detectron2's ImageNet files)."""
+    return Arch(name, "msra", None, stride_in_1x1)
 
 
 @dataclass(frozen=True)
@@ -43,6 +128,7 @@ class Preset:
         num_classes: classes of the classification head (CIFAR-10: 10).
         forms: the Faster R-CNN forms (:data:`DETECTOR_FORMS`) the network works in; a test
             trains every preset a step in each. Classification presets have none.
+        archs: other libraries' names for this network, with their weights' layout.
     """
 
     name: str
@@ -52,6 +138,7 @@ class Preset:
     paper: str = ""
     num_classes: int = 1000
     forms: tuple[str, ...] = DETECTOR_FORMS
+    archs: tuple[Arch, ...] = ()
 
     def __post_init__(self) -> None:
         check_choice(f"Preset {self.name!r}: task", self.task, ("detection", "classification"))
@@ -79,9 +166,12 @@ _CIFAR = dict(STEM="cifar", STEM_OUT_CHANNELS=16, NORM="BN", SHORTCUT="A")
 
 _ROWS = [
     # ResNet v1 (He et al., 2016a).
-    Preset("R-18", "detection", _r(DEPTH=18, RES2_OUT_CHANNELS=64, **_TV), paper="ResNet"),
-    Preset("R-34", "detection", _r(DEPTH=34, RES2_OUT_CHANNELS=64, **_TV), paper="ResNet"),
-    Preset("R-50", "detection", _r(DEPTH=50), _coco("R_50_C4", "R_50_DC5", "R_50_FPN"), "ResNet"),
+    Preset("R-18", "detection", _r(DEPTH=18, RES2_OUT_CHANNELS=64, **_TV), paper="ResNet",
+           archs=(_tv("resnet18"),)),
+    Preset("R-34", "detection", _r(DEPTH=34, RES2_OUT_CHANNELS=64, **_TV), paper="ResNet",
+           archs=(_tv("resnet34"),)),
+    Preset("R-50", "detection", _r(DEPTH=50), _coco("R_50_C4", "R_50_DC5", "R_50_FPN"), "ResNet",
+           archs=(_tv("resnet50"), _msra("R-50", stride_in_1x1=True))),
     Preset(
         "R-101",
         "detection",
@@ -89,57 +179,74 @@ _ROWS = [
         _coco("R_101_C4", "R_101_DC5", "R_101_FPN")
         + ("configs/faster_rcnn_R101.yaml", "configs/COCO-Detection/faster_rcnn_R_101_C4_resnet_paper.yaml"),
         "ResNet",
+        archs=(_tv("resnet101"), _msra("R-101", stride_in_1x1=True)),
     ),
     Preset(
         "R-152", "detection", _r(DEPTH=152, **_TV), _coco("R_152_C4", "R_152_DC5", "R_152_FPN"),
-        "ResNet",
+        "ResNet", archs=(_tv("resnet152"),),
     ),
     # ResNet v2, full pre-activation (He et al., 2016b).
+    Preset("R-50-v2", "detection", _r(DEPTH=50, BLOCK_ORDER="preact", **_TV),
+           paper="Identity Mappings", archs=(_timm("resnetv2_50", "resnetv2"),)),
     Preset(
         "R-101-v2",
         "detection",
         _r(DEPTH=101, BLOCK_ORDER="preact", **_TV),
         _coco("R_101_v2_C4", "R_101_v2_DC5", "R_101_v2_FPN"),
         "Identity Mappings",
+        archs=(_timm("resnetv2_101", "resnetv2"),),
     ),
     # ResNeXt (Xie et al., 2017), Wide ResNet (Zagoruyko & Komodakis, 2016).
+    Preset("X-50-32x4d", "detection", _r(DEPTH=50, NUM_GROUPS=32, WIDTH_PER_GROUP=4, **_TV),
+           paper="ResNeXt", archs=(_tv("resnext50_32x4d"),)),
     Preset(
         "X-101-32x8d",
         "detection",
         _r(DEPTH=101, NUM_GROUPS=32, WIDTH_PER_GROUP=8, **_TV),
         _coco("X_101_32x8d_FPN"),
         "ResNeXt",
+        archs=(_tv("resnext101_32x8d"), _msra("X-101-32x8d", stride_in_1x1=False)),
     ),
+    Preset("X-101-64x4d", "detection", _r(DEPTH=101, NUM_GROUPS=64, WIDTH_PER_GROUP=4, **_TV),
+           paper="ResNeXt", archs=(_tv("resnext101_64x4d"),)),
     Preset(
         "WRN-50-2", "detection", _r(DEPTH=50, WIDTH_PER_GROUP=128, **_TV), _coco("WRN_50_2_FPN"),
-        "Wide ResNet",
+        "Wide ResNet", archs=(_tv("wide_resnet50_2"),),
     ),
+    Preset("WRN-101-2", "detection", _r(DEPTH=101, WIDTH_PER_GROUP=128, **_TV),
+           paper="Wide ResNet", archs=(_tv("wide_resnet101_2"),)),
     # Res2Net (Gao et al., 2019).
     Preset("Res2Net-50-26w-4s", "detection", _r(DEPTH=50, **_RES2NET), _coco("Res2Net_50_FPN"),
-           "Res2Net"),
+           "Res2Net", archs=(_timm("res2net50_26w_4s", "res2net"),)),
     Preset(
         "Res2Net-101-26w-4s",
         "detection",
         _r(DEPTH=101, **_RES2NET),
         _coco("Res2Net_101_C4", "Res2Net_101_DC5", "Res2Net_101_FPN"),
         "Res2Net",
+        archs=(_timm("res2net101_26w_4s", "res2net"),),
     ),
     # Squeeze-and-excitation (Hu et al., 2018).
-    Preset("SE-R-50", "detection", _r(DEPTH=50, SE_RATIO=16, **_TV), _coco("SE_R_50_FPN"), "SENet"),
+    Preset("SE-R-50", "detection", _r(DEPTH=50, SE_RATIO=16, **_TV), _coco("SE_R_50_FPN"), "SENet",
+           archs=(_timm("seresnet50", "seresnet"),)),
     Preset("SE-R-101", "detection", _r(DEPTH=101, SE_RATIO=16, **_TV), _coco("SE_R_101_FPN"),
            "SENet"),
+    Preset("SE-X-50-32x4d", "detection",
+           _r(DEPTH=50, SE_RATIO=16, NUM_GROUPS=32, WIDTH_PER_GROUP=4, **_TV), paper="SENet",
+           archs=(_timm("seresnext50_32x4d", "seresnet"),)),
     Preset(
         "SE-X-101-32x4d",
         "detection",
         _r(DEPTH=101, SE_RATIO=16, NUM_GROUPS=32, WIDTH_PER_GROUP=4, **_TV),
         _coco("SE_X_101_32x4d_FPN"),
         "SENet",
+        archs=(_timm("seresnext101_32x4d", "seresnet"),),
     ),
     # ResNet-D: deep stem (ResNet-C) and average-pool projections (He et al., 2019).
     Preset("R-50-D", "detection", _r(DEPTH=50, STEM="deep", AVG_DOWN=True, **_TV),
-           _coco("R_50_D_FPN"), "Bag of Tricks"),
+           _coco("R_50_D_FPN"), "Bag of Tricks", archs=(_timm("resnet50d", "resnet_d"),)),
     Preset("R-101-D", "detection", _r(DEPTH=101, STEM="deep", AVG_DOWN=True, **_TV),
-           _coco("R_101_D_FPN"), "Bag of Tricks"),
+           _coco("R_101_D_FPN"), "Bag of Tricks", archs=(_timm("resnet101d", "resnet_d"),)),
     # Deformable convolution in res3-res5 (Dai et al., 2017), on MSRA's R-101.
     Preset(
         "R-101-DCN-c3-c5",
@@ -157,6 +264,7 @@ _ROWS = [
         "ReXNet",
         # ReXNet has no res5 dilation (DC5) and the C4 head builds ResNet blocks.
         forms=("FPN",),
+        archs=(_timm("rexnet_100", "rexnet"),),
     ),
     # CIFAR-10 networks (ResNet paper, Sec. 4.2): option-A shortcuts; plain nets without any.
     *[
@@ -184,6 +292,23 @@ _ROWS = [
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _ROWS}
 
+# Another library's name -> its row, linked to its preset. A new network of another library is
+# one more Arch in its preset's row.
+ARCHS: dict[str, Arch] = {
+    arch.name: dataclasses.replace(arch, preset=preset.name)
+    for preset in _ROWS
+    for arch in preset.archs
+}
+if len(ARCHS) != sum(len(p.archs) for p in _ROWS):
+    raise RuntimeError("two presets list the same arch name")
+
+
+def get_arch(name: str) -> Arch:
+    """The row of another library's network ``name``; a ValueError lists the valid names."""
+    if name not in ARCHS:
+        raise ValueError(f"arch = {name!r} is not valid; valid values: {', '.join(ARCHS)}")
+    return ARCHS[name]
+
 
 def apply_preset(cfg: CfgNode, name: str) -> CfgNode:
     """Sets the keys of preset ``name`` on ``cfg`` (in place) and returns it.
@@ -208,3 +333,13 @@ def apply_preset(cfg: CfgNode, name: str) -> CfgNode:
 def preset_config(name: str) -> CfgNode:
     """detectron2's default config, with our keys, set to the preset ``name``."""
     return apply_preset(add_resnet_backbones_config(get_cfg()), name)
+
+
+def arch_config(name: str) -> CfgNode:
+    """The config of arch ``name``'s preset (its plain backbone builder), in the arch's layout."""
+    arch = get_arch(name)
+    cfg = preset_config(arch.preset)
+    for key, value in arch.config.items():
+        if key != "MODEL.BACKBONE.NAME":
+            config_set(cfg, key, value)
+    return cfg

@@ -21,8 +21,7 @@ from resnet_backbones.complexity import (
     published_comparison,
 )
 from resnet_backbones.modeling.layers import DeformConv2d
-from resnet_backbones.presets import PRESETS
-from resnet_backbones.weights.archs import ARCHS
+from resnet_backbones.presets import ARCHS, PRESETS
 
 from .conftest import REPO
 

@@ -13,7 +13,7 @@ from resnet_backbones.weights.download import (
 )
 from resnet_backbones.weights.errors import ChecksumError, DownloadError, UnsafeURLError
 
-from .weights_server import WeightsServer
+from .helpers import WeightsServer
 
 PAYLOAD = os.urandom(300_000)
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()

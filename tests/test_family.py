@@ -448,7 +448,7 @@ PRESET_FORMS = [(n, f) for n, p in PRESETS.items() for f in p.forms]
 def test_preset_configs_are_in_the_forms_they_claim():
     assert all(form in PRESETS[name].forms for name, form in COVERED)
     assert {f for n, f in PRESET_FORMS if n == "ReXNet-100"} == {"FPN"}
-    assert len(PRESET_FORMS) == 16 * 3 + 1
+    assert len(PRESET_FORMS) == 21 * 3 + 1
 
 
 @pytest.mark.parametrize("name, form", [c for c in PRESET_FORMS if c not in COVERED])

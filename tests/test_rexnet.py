@@ -8,9 +8,9 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone
 from torch import nn
 
-from resnet_backbones.convert import TIMM_REXNET, convert_state_dict
 from resnet_backbones.modeling import ReXNet
 from resnet_backbones.modeling.rexnet import rexnet_blocks
+from resnet_backbones.weights.mappings import to_backbone
 
 from .conftest import randomize_norm_statistics
 
@@ -34,7 +34,7 @@ def _timm_and_ours(name):
     reference = timm.create_model(name, pretrained=False).eval()
     randomize_norm_statistics(reference)
     ours = ReXNet(out_features=FEATURES, **TIMM_VARIANTS[name]).eval()
-    ours.load_state_dict(convert_state_dict(reference.state_dict(), TIMM_REXNET), strict=True)
+    ours.load_state_dict(to_backbone("timm", reference.state_dict(), family="rexnet"), strict=True)
     return reference, ours
 
 
@@ -214,7 +214,7 @@ def test_mapping_table_renames_explicitly():
         "features.16.bn.weight": torch.ones(1),
         "head.fc.weight": torch.ones(1),
     }
-    assert set(convert_state_dict(state, TIMM_REXNET)) == {
+    assert set(to_backbone("timm", state, family="rexnet")) == {
         "stem.0.conv.norm.running_var",
         "stem.1.conv_dw.weight",
         "res4.5.se.fc1.norm.bias",

@@ -26,15 +26,15 @@ import sys
 import resnet_backbones  # noqa: F401
 
 # isort: split
-from resnet_backbones.weights.archs import ARCHS
-from resnet_backbones.weights.checkpoint import weights_path_manager
-from resnet_backbones.weights.conversion import CONVERT_SOURCES, convert_file
+from resnet_backbones.presets import ARCHS
+from resnet_backbones.weights.export import EXPORT_SOURCES, export_weights
+from resnet_backbones.weights.resolve import resolve
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--source", required=True, choices=CONVERT_SOURCES, help="the library that wrote IN"
+        "--source", required=True, choices=EXPORT_SOURCES, help="the library that wrote IN"
     )
     parser.add_argument("--arch", required=True, metavar="NAME", help=f"one of: {', '.join(ARCHS)}")
     parser.add_argument(
@@ -50,13 +50,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        src = args.input
-        if "://" in src:
-            src = weights_path_manager().get_local_path(src)
-        out, config = convert_file(src, args.output, source=args.source, arch=args.arch)
-    except (ValueError, KeyError, OSError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"convert_weights.py: error: {type(e).__name__}: {message}", file=sys.stderr)
+        src = resolve(args.input, key="IN")
+        out, config = export_weights(src, args.output, source=args.source, arch=args.arch)
+    except (ValueError, OSError) as e:
+        print(f"convert_weights.py: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(f"Wrote {out}\nWrote {config}")
     return 0

@@ -106,8 +106,9 @@ def _pixels(config: dict) -> str:
 
 
 def render_weights(complexity: dict) -> str:
-    from resnet_backbones.weights.archs import ARCHS
+    from resnet_backbones.presets import ARCHS
     from resnet_backbones.weights.catalog import CATALOG
+    from resnet_backbones.weights.export import arch_input
 
     lines = [
         "| `MODEL.WEIGHTS` | published by (format) | architecture | params (M) | GMACs | "
@@ -155,9 +156,8 @@ def render_weights(complexity: dict) -> str:
         "| --- | --- | --- | --- |",
     ]
     for name, arch in ARCHS.items():
-        lines.append(
-            f"| `{name}` | {arch.source} | {_pixels(arch.config)} | {_keys(arch.config)} |"
-        )
+        config = {**arch_input(name).config, **arch.config}
+        lines.append(f"| `{name}` | {arch.source} | {_pixels(config)} | {_keys(config)} |")
     lines.append("")
     return "\n".join(lines)
 

@@ -6,7 +6,7 @@
 
 For each preset: the classifier (224x224, 1000 classes; CIFAR networks 32x32, 10 classes) and
 the detection backbone res2..res5 at 800x1333; for each architecture whose published weights we
-load (resnet_backbones/weights/archs.py), its ImageNet classifier; plus our counts beside the
+load (ARCHS, resnet_backbones/presets.py), its ImageNet classifier; plus our counts beside the
 published ones of the ResNet paper and torchvision. tools/generate_model_zoo.py turns the file into MODEL_ZOO.md's
 tables. The convention is in resnet_backbones/complexity.py. About a minute on 2 CPU cores.
 """
@@ -24,9 +24,8 @@ import resnet_backbones  # noqa: F401
 
 # isort: split
 from resnet_backbones.complexity import arch_complexity, preset_complexity, published_comparison
-from resnet_backbones.presets import PRESETS
+from resnet_backbones.presets import ARCHS, PRESETS
 from resnet_backbones.utils import atomic_write
-from resnet_backbones.weights.archs import ARCHS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "docs", "model_complexity.json")

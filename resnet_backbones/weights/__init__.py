@@ -1,28 +1,56 @@
-"""Pretrained weights for resnet_backbones: read safely, recognised, converted, verified.
+"""Pretrained weights: from a ``MODEL.WEIGHTS`` path to tensors in the model, one module per step.
 
-* :mod:`.safe_pickle`: ``.pkl`` files without running code from them;
-* :mod:`.download`: https downloads, atomic, cached and checked against their SHA-256;
-* :mod:`.formats`: which library wrote a file (torchvision, timm, MSRA, detectron2, ours) and
-  its backbone in our names; :data:`.formats.SOURCE_TABLES` holds the mapping tables;
-* :mod:`.archs`: per architecture, its mapping table and the config that fits it;
-* :mod:`.checkpoint`: :class:`FamilyCheckpointer` for ``MODEL.WEIGHTS``, and the
-  ``resnet_backbones://NAME`` scheme of the model zoo (:mod:`.catalog`).
+Read the pipeline top to bottom; :func:`.checkpoint.prepare_checkpoint` runs it for one model:
+
+1. :mod:`.resolve` -- the path to a local file: ``resnet_backbones://NAME`` through the model-zoo
+   :mod:`.catalog`, https and ``detectron2://`` URLs through :mod:`.download` (https only,
+   verified by SHA-256, atomic, cached), local paths as they are.
+2. :mod:`.read` -- the file's bytes to Python objects without running code from them
+   (``torch.load(weights_only=True)``, or the restricted unpickler of :mod:`.safe_pickle`).
+3. :mod:`.detect` -- which library wrote it (torchvision, timm, MSRA/Caffe2, detectron2, pycls,
+   ours), from its layout and names; a torchvision or timm file is of the mapping families whose
+   rules read all its names, and the model chooses among them once
+   (:func:`.mappings.choose_family`).
+4. :mod:`.metadata` -- the config against what the weights record or imply (input format, pixel
+   statistics, stride placement): from the file, its mapping family and its catalog entry.
+5. :mod:`.mappings` -- every name mapping: the state dict renamed, once, to our backbone's names
+   (``stem.*``, ``res2.*`` ...).
+6. :mod:`.place` -- our names under the model's (``backbone.bottom_up.``; C4's res5 in the RoI
+   head), then the strict check: every backbone tensor present with its shape, no module the
+   model lacks (pure functions of names and shapes).
+7. :mod:`.checkpoint` -- :class:`~.checkpoint.FamilyCheckpointer` hands the result to
+   detectron2's ``DetectionCheckpointer`` (which loads it, and saves and resumes training).
+
+Beside the pipeline: :mod:`.entry` and :mod:`.catalog` (the published weights, each with its
+architecture, input and citation), :mod:`.export` (writes a file of ours plus the config that
+fits it; ``tools/convert_weights.py``) and :mod:`.errors` (one taxonomy, rooted at
+:class:`~.errors.WeightsError`).
 """
 
 from .errors import (
+    BackboneMismatchError,
     ChecksumError,
     DownloadError,
     IncompatibleWeightsError,
+    MetadataMismatchError,
+    UnknownWeightsError,
     UnsafeURLError,
     UnsafeWeightsError,
+    WeightsError,
     WeightsFormatError,
+    WeightsNotFoundError,
 )
 
 __all__ = [
+    "BackboneMismatchError",
     "ChecksumError",
     "DownloadError",
     "IncompatibleWeightsError",
+    "MetadataMismatchError",
+    "UnknownWeightsError",
     "UnsafeURLError",
     "UnsafeWeightsError",
+    "WeightsError",
     "WeightsFormatError",
+    "WeightsNotFoundError",
 ]

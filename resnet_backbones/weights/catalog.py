@@ -12,11 +12,21 @@ of each URL, under that base).
 
 from __future__ import annotations
 
-from .archs import ARCHS
 from .download import hash_prefix_from_url
-from .entry import WeightsEntry
+from .entry import PixelInput, WeightsEntry
 
-__all__ = ["CATALOG"]
+__all__ = ["CATALOG", "FAIR_BGR", "HALF_RGB", "IMAGENET_RGB", "MSRA_BGR"]
+
+# How the publishers fed their networks: channel order, then mean and std in 0..255 units.
+# torchvision and most of timm: RGB normalised by the ImageNet mean and std (x 255).
+IMAGENET_RGB = PixelInput("RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+# MSRA's Caffe2 ResNets (R-50.pkl, R-101.pkl): BGR, mean subtracted, no scaling; detectron2's
+# defaults.
+MSRA_BGR = PixelInput("BGR", (103.530, 116.280, 123.675), (1.0, 1.0, 1.0))
+# timm's ResNet v2 weights (resnetv2_50.a1h_in1k ...): RGB scaled to [-1, 1].
+HALF_RGB = PixelInput("RGB", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
+# FAIR's ResNeXt (X-101-32x8d.pkl): BGR, normalised by the ImageNet mean and std (x 255).
+FAIR_BGR = PixelInput("BGR", (103.530, 116.280, 123.675), (57.375, 57.120, 58.395))
 
 # ----------------------------------------------------------------------------------------------
 # torchvision (torchvision/models/resnet.py, ``*_Weights`` enums): file names carry the first 8
@@ -38,9 +48,8 @@ def _tv(arch: str, enum: str, version: int, url: str, num_params: int, top1: flo
     return WeightsEntry(
         name=f"{arch}.{tag}",
         url=url,
-        source="torchvision",
         arch=arch,
-        config=ARCHS[arch].config,
+        input=IMAGENET_RGB,
         sha256_prefix=hash_prefix_from_url(url),
         num_params=num_params,
         num_params_source="torchvision",
@@ -50,6 +59,7 @@ def _tv(arch: str, enum: str, version: int, url: str, num_params: int, top1: flo
         license=_TV_LICENSE,
         license_source=_TV_LICENSE_SOURCE,
         non_commercial=False,
+        torchvision_weights=f"{enum}.IMAGENET1K_V{version}",
     )
 
 
@@ -90,13 +100,12 @@ _MSRA_TOP1 = (
 _MSRA_PROTOCOL = "ImageNet-1k val, single crop: resize 256, center crop 224 (Caffe model)"
 
 
-def _d2(name: str, arch: str, path: str, num_params: int, top1, top1_source: str, protocol: str):
+def _d2(name: str, arch: str, path: str, pixels: PixelInput, num_params: int, top1, top1_source: str, protocol: str):  # fmt: skip
     return WeightsEntry(
         name=name,
         url=_D2_URL + path,
-        source="msra",
         arch=arch,
-        config=ARCHS[arch].config,
+        input=pixels,
         num_params=num_params,
         num_params_source="architecture (torchvision's count of the same network)",
         top1=top1,
@@ -109,11 +118,11 @@ def _d2(name: str, arch: str, path: str, num_params: int, top1, top1_source: str
 
 
 _DETECTRON2 = (
-    _d2("R-50.msra_in1k", "R-50", "MSRA/R-50.pkl", 25557032, 75.3,
+    _d2("R-50.msra_in1k", "R-50", "MSRA/R-50.pkl", MSRA_BGR, 25557032, 75.3,
         _MSRA_TOP1.format(error=24.7), _MSRA_PROTOCOL),
-    _d2("R-101.msra_in1k", "R-101", "MSRA/R-101.pkl", 44549160, 76.4,
+    _d2("R-101.msra_in1k", "R-101", "MSRA/R-101.pkl", MSRA_BGR, 44549160, 76.4,
         _MSRA_TOP1.format(error=23.6), _MSRA_PROTOCOL),
-    _d2("X-101-32x8d.fair_in1k", "X-101-32x8d", "FAIR/X-101-32x8d.pkl", 88791336, None,
+    _d2("X-101-32x8d.fair_in1k", "X-101-32x8d", "FAIR/X-101-32x8d.pkl", FAIR_BGR, 88791336, None,
         "not published (detectron2: 'ResNeXt-101-32x8d model trained with Caffe2 at FB')",
         "none published"),
 )  # fmt: skip
@@ -134,14 +143,12 @@ _TIMM_LICENSE_SOURCE = (
 )
 
 
-def _timm(name: str, url: str, num_params: int, top1: float, protocol: str, license: str = _TIMM_LICENSE, license_source: str = _TIMM_LICENSE_SOURCE):  # fmt: skip
-    arch = name.split(".")[0]
+def _timm(name: str, url: str, num_params: int, top1: float, protocol: str, license: str = _TIMM_LICENSE, license_source: str = _TIMM_LICENSE_SOURCE, pixels: PixelInput = IMAGENET_RGB):  # fmt: skip
     return WeightsEntry(
         name=name,
         url=url,
-        source="timm",
-        arch=arch,
-        config=ARCHS[arch].config,
+        arch=name.split(".")[0],
+        input=pixels,
         sha256_prefix=hash_prefix_from_url(url),
         num_params=num_params,
         num_params_source="timm",
@@ -166,9 +173,9 @@ _TIMM = (
     _timm("res2net101_26w_4s.in1k", _TIMM_URL + "v0.1-res2net/res2net101_26w_4s-02a759a1.pth",
           45206688, 79.202, "224, crop 0.875, bilinear", _RES2NET_LICENSE, _RES2NET_LICENSE_SOURCE),
     _timm("resnetv2_50.a1h_in1k", _TIMM_URL + "v0.1-rsb-weights/resnetv2_50_a1h-000cdf49.pth",
-          25549352, 81.398, "288, crop 1.0, bicubic"),
+          25549352, 81.398, "288, crop 1.0, bicubic", pixels=HALF_RGB),
     _timm("resnetv2_101.a1h_in1k", _TIMM_URL + "v0.1-rsb-weights/resnetv2_101_a1h-5d01f016.pth",
-          44541480, 83.002, "288, crop 1.0, bicubic"),
+          44541480, 83.002, "288, crop 1.0, bicubic", pixels=HALF_RGB),
     _timm("seresnet50.ra2_in1k", _TIMM_URL + "v0.1-weights/seresnet50_ra_224-8efdb4bb.pth",
           28088024, 81.284, "288, crop 0.95, bicubic"),
     _timm("seresnext50_32x4d.racm_in1k",

@@ -14,13 +14,13 @@ import http.client
 import logging
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import IO, Optional
 
+from ..utils import atomic_write, cache_root
 from .errors import ChecksumError, DownloadError, UnsafeURLError
 
 __all__ = [
@@ -51,12 +51,7 @@ _HUB_NAME = re.compile(r"[^/]*-([0-9a-f]{8,64})\.[A-Za-z0-9]+")
 def default_cache_dir() -> str:
     """``$RESNET_BACKBONES_WEIGHTS_CACHE``, else ``$RESNET_BACKBONES_CACHE/weights``, else
     ``~/.cache/resnet_backbones/weights``."""
-    if os.environ.get(CACHE_ENV):
-        return os.environ[CACHE_ENV]
-    root = os.environ.get("RESNET_BACKBONES_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "resnet_backbones"
-    )
-    return os.path.join(root, "weights")
+    return os.environ.get(CACHE_ENV) or os.path.join(cache_root(), "weights")
 
 
 def check_url(url: str) -> None:
@@ -229,22 +224,15 @@ def download(
         logger.warning("Cached %s is corrupted (%s); downloading it again", path, problem)
         os.remove(path)
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".", suffix=".part"
-    )
     try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_write(path) as out:
             digest = _fetch(url, out, timeout)
-        problem = _hash_problem(digest, sha256, sha256_prefix)
-        if problem:
-            raise ChecksumError(f"{url}: {problem}; the file was not kept")
+            problem = _hash_problem(digest, sha256, sha256_prefix)
+            if problem:
+                raise ChecksumError(f"{url}: {problem}; the file was not kept")
         if sha256 is None and sha256_prefix is None:
             logger.warning("No SHA-256 known for %s; caching it unverified (%s)", url, digest)
-        os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
         if not os.path.isfile(path):
             with contextlib.suppress(OSError):  # the URL's folder, if nothing else is in it
                 os.rmdir(os.path.dirname(path))

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from .metadata import metadata_from_config
 
-__all__ = ["WeightsEntry"]
+__all__ = ["PixelInput", "WeightsEntry"]
 
-_SOURCES = ("resnet_backbones", "detectron2", "msra", "torchvision", "timm")
+
+@dataclass(frozen=True)
+class PixelInput:
+    """How the images that trained a set of weights were fed: channel order and per-channel
+    normalisation, in 0..255 pixel units and in the order of ``format`` (what torchvision's
+    Weights carry as their transforms)."""
+
+    format: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """As detectron2 config keys."""
+        return {
+            "INPUT.FORMAT": self.format,
+            "MODEL.PIXEL_MEAN": list(self.mean),
+            "MODEL.PIXEL_STD": list(self.std),
+        }
 
 
 @dataclass(frozen=True)
@@ -20,11 +38,10 @@ class WeightsEntry:
     Attributes:
         name: the catalog name (``resnet50.tv_in1k``).
         url: where the file is published (https).
-        source: its format, one of "resnet_backbones", "detectron2", "msra", "torchvision",
-            "timm" (see :mod:`resnet_backbones.weights.formats`).
-        arch: its row of :data:`resnet_backbones.weights.archs.ARCHS`.
-        config: config key -> value that builds the network these weights fit and feeds it as
-            it was trained (``{"MODEL.RESNETS.DEPTH": 50, "INPUT.FORMAT": "RGB", ...}``).
+        arch: the network, by its publisher's name: a key of
+            :data:`resnet_backbones.presets.ARCHS`, which names its preset and the layout of
+            the file (format, mapping family, stride placement).
+        input: how the weights were fed during training.
         num_params: parameters of the ImageNet classifier these weights fill (backbone and
             1000-way fully connected layer, norms' affine weights included); a test checks it
             against the model the config builds.
@@ -39,13 +56,14 @@ class WeightsEntry:
         sha256: the file's full SHA-256, if known.
         sha256_prefix: the first hex digits of its SHA-256 (torchvision and timm file names
             carry 8), if the full hash is not known.
+        torchvision_weights: for torchvision's files, the Weights enum member that publishes
+            them (``ResNet50_Weights.IMAGENET1K_V1``).
     """
 
     name: str
     url: str
-    source: str
     arch: str
-    config: Mapping[str, Any]
+    input: PixelInput
     num_params: int
     num_params_source: str
     top1: Optional[float]
@@ -56,13 +74,15 @@ class WeightsEntry:
     non_commercial: bool
     sha256: Optional[str] = None
     sha256_prefix: Optional[str] = None
+    torchvision_weights: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.source not in _SOURCES:
-            raise ValueError(
-                f"WeightsEntry {self.name!r}: source = {self.source!r} is not valid; valid "
-                f"values: {', '.join(_SOURCES)}"
-            )
+        from ..presets import get_arch
+
+        try:
+            get_arch(self.arch)
+        except ValueError as e:
+            raise ValueError(f"WeightsEntry {self.name!r}: {e}") from None
         if not self.url.startswith("https://"):
             raise ValueError(f"WeightsEntry {self.name!r}: url = {self.url!r} must be https://")
         for key, value, lengths in (
@@ -77,6 +97,28 @@ class WeightsEntry:
                     f"{lengths[0]}{'' if lengths[0] == lengths[1] else f' to {lengths[1]}'} "
                     "lower-case hex digits"
                 )
+
+    @property
+    def source(self) -> str:
+        """The file's format: its arch's ("torchvision", "timm" or "msra")."""
+        from ..presets import ARCHS
+
+        return ARCHS[self.arch].source
+
+    @property
+    def preset(self) -> str:
+        """The preset whose network these weights fill."""
+        from ..presets import ARCHS
+
+        return ARCHS[self.arch].preset
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Config keys that build the network these weights fit and feed it as they were
+        trained (``{"MODEL.RESNETS.DEPTH": 50, "INPUT.FORMAT": "RGB", ...}``)."""
+        from ..presets import ARCHS
+
+        return {**self.input.config, **ARCHS[self.arch].config}
 
     @property
     def metadata(self) -> dict[str, Any]:

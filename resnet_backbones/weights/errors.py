@@ -1,36 +1,81 @@
-"""The errors of :mod:`resnet_backbones.weights`; each message names the file or URL at fault."""
+"""The errors of :mod:`resnet_backbones.weights`; each message names the file or URL at fault.
+
+Every one is a :class:`WeightsError`, and also the built-in type that callers of a loader
+already catch: a bad file or config is a ``ValueError``, a missing file a ``FileNotFoundError``,
+a failed download an ``OSError``.
+
+* :class:`WeightsError`
+    * :class:`WeightsNotFoundError` (``FileNotFoundError``): no such file.
+    * :class:`UnknownWeightsError` (``ValueError``): no such name in the model-zoo catalog.
+    * :class:`UnsafeWeightsError` (``ValueError``): the file would run code.
+    * :class:`WeightsFormatError` (``ValueError``): unreadable, or of no known format.
+    * :class:`IncompatibleWeightsError` (``ValueError``): the weights do not fit
+        * :class:`MetadataMismatchError`: ... the config (input format, pixel statistics,
+          stride placement);
+        * :class:`BackboneMismatchError`: ... the model's backbone (missing, misshapen or
+          foreign parameters).
+    * :class:`UnsafeURLError` (``ValueError``): a URL weights may not be fetched from.
+    * :class:`DownloadError` (``OSError``): a download failed
+        * :class:`ChecksumError`: ... its SHA-256 is not the published one.
+"""
 
 from __future__ import annotations
 
 __all__ = [
+    "BackboneMismatchError",
     "ChecksumError",
     "DownloadError",
     "IncompatibleWeightsError",
+    "MetadataMismatchError",
+    "UnknownWeightsError",
     "UnsafeURLError",
     "UnsafeWeightsError",
+    "WeightsError",
     "WeightsFormatError",
+    "WeightsNotFoundError",
 ]
 
 
-class UnsafeWeightsError(ValueError):
+class WeightsError(Exception):
+    """Base of every error of resnet_backbones.weights."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """No weights file at a path."""
+
+
+class UnknownWeightsError(WeightsError, ValueError):
+    """A ``resnet_backbones://`` name that the model-zoo catalog does not have."""
+
+
+class UnsafeWeightsError(WeightsError, ValueError):
     """A weights file asks to import or call something that plain arrays never need."""
 
 
-class WeightsFormatError(ValueError):
-    """A weights file is unreadable (empty, truncated, garbage) or of no known format."""
+class WeightsFormatError(WeightsError, ValueError):
+    """A weights file is unreadable (empty, truncated, garbage) or of no known format, or holds
+    names its mapping table does not know."""
 
 
-class IncompatibleWeightsError(ValueError):
-    """Weights that do not fit the model or its config: missing or misshapen backbone
-    parameters, or metadata (input format, pixel statistics, stride placement) that the config
-    contradicts."""
+class IncompatibleWeightsError(WeightsError, ValueError):
+    """Weights that do not fit the model or its config."""
 
 
-class UnsafeURLError(ValueError):
+class MetadataMismatchError(IncompatibleWeightsError):
+    """The config contradicts what the weights record or imply about their input format, pixel
+    statistics or stride placement."""
+
+
+class BackboneMismatchError(IncompatibleWeightsError):
+    """The weights miss backbone parameters of the model, have them in another shape, or hold
+    modules the model lacks (a deeper or different network)."""
+
+
+class UnsafeURLError(WeightsError, ValueError):
     """A URL that weights may not be fetched from (plain http to a non-loopback host, ftp ...)."""
 
 
-class DownloadError(OSError):
+class DownloadError(WeightsError, OSError):
     """A download failed: HTTP error, unreachable host, or a connection closed early."""
 
 

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
-from .errors import IncompatibleWeightsError
+from ..utils import config_get
+from .errors import MetadataMismatchError
+from .mappings import FAMILIES
+
+if TYPE_CHECKING:
+    from .detect import WeightsFile
+    from .entry import WeightsEntry
 
 __all__ = [
     "METADATA_CONFIG_KEYS",
     "check_metadata",
-    "config_value",
+    "expected_metadata",
     "has_bottlenecks",
     "metadata_from_config",
 ]
@@ -36,14 +42,6 @@ METADATA_CONFIG_KEYS: dict[str, str] = {
 }
 
 _BOTTLENECK_NAME = re.compile(r"(^|\.)res[2-5]\.\d+\.conv3\.")
-
-
-def config_value(cfg: Any, key: str) -> Any:
-    """``cfg.A.B.C`` for ``key`` "A.B.C"."""
-    node = cfg
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
 
 
 def metadata_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,7 +74,7 @@ def _same(expected: Any, actual: Any) -> bool:
 def check_metadata(
     metadata: Mapping[str, Any], cfg: Any, *, source: str, bottleneck: bool = True
 ) -> None:
-    """Raises IncompatibleWeightsError if ``cfg`` contradicts ``metadata``.
+    """Raises MetadataMismatchError if ``cfg`` contradicts ``metadata``.
 
     Args:
         metadata: keys of :data:`METADATA_CONFIG_KEYS` (others are ignored) and their values.
@@ -89,15 +87,26 @@ def check_metadata(
     for meta_key, cfg_key in METADATA_CONFIG_KEYS.items():
         if meta_key not in metadata or (meta_key == "stride_in_1x1" and not bottleneck):
             continue
-        expected, actual = metadata[meta_key], config_value(cfg, cfg_key)
+        expected, actual = metadata[meta_key], config_get(cfg, cfg_key)
         if not _same(expected, actual):
             mismatches.append(
                 f"{cfg_key} is {actual!r} in the config but {expected!r} in the weights"
             )
     if mismatches:
-        raise IncompatibleWeightsError(
+        raise MetadataMismatchError(
             f"{source}: the config contradicts what the weights were trained with: "
             + "; ".join(mismatches)
             + ". Set these keys to the weights' values (tools/convert_weights.py writes them "
             "into a YAML fragment beside the converted file)."
         )
+
+
+def expected_metadata(
+    weights: WeightsFile, family: Optional[str], entry: Optional[WeightsEntry] = None
+) -> dict[str, Any]:
+    """What a config must agree with to load ``weights``: what the catalog ``entry`` they were
+    named by says, overridden by what their mapping ``family`` implies, overridden by what the
+    file itself records."""
+    implied = dict(FAMILIES[family].metadata) if family else {}
+    expected = {**implied, **weights.metadata}
+    return {**entry.metadata, **expected} if entry is not None else expected

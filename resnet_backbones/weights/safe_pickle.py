@@ -16,7 +16,7 @@ from typing import IO, Any, Union
 
 from .errors import UnsafeWeightsError
 
-__all__ = ["ALLOWED_GLOBALS", "UnsafeWeightsError", "load_pickle"]
+__all__ = ["ALLOWED_GLOBALS", "load_pickle"]
 
 _NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")  # numpy 1.x, 2.x
 _CONTAINERS = ("set", "frozenset", "complex", "bytearray")

@@ -1,0 +1,303 @@
+"""Helpers shared by the tests; every test module imports them from here, never from another
+test module."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+from collections import Counter
+from typing import Optional
+
+import numpy as np
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, "configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml")
+STAGES = ["res2", "res3", "res4", "res5"]
+# torchvision's and timm's input: RGB, normalised by the ImageNet mean and std (x 255).
+TORCHVISION_INPUT = [
+    "INPUT.FORMAT", "RGB",
+    "MODEL.PIXEL_MEAN", "[123.675, 116.28, 103.53]",
+    "MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]",
+]  # fmt: skip
+
+
+def randomize_norm_statistics(model: torch.nn.Module, seed: int = 1) -> None:
+    """Gives every BatchNorm / FrozenBatchNorm random affine parameters and statistics.
+
+    Both start as the identity (FrozenBN) or near it, which would let a wrong mapping of norm
+    parameters pass a parity test unnoticed.
+    """
+    from detectron2.layers import FrozenBatchNorm2d
+
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)):
+            c = m.weight.numel()
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
+
+
+def default_cfg(base: str = "", opts=()):
+    """detectron2's default config with our keys, on the CPU, merged with ``configs/<base>``
+    (e.g. "Base-RCNN-FPN.yaml") and ``opts``."""
+    from detectron2.config import get_cfg
+
+    from resnet_backbones import add_resnet_backbones_config
+
+    cfg = add_resnet_backbones_config(get_cfg())
+    if base:
+        cfg.merge_from_file(os.path.join(REPO, "configs", base))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def r18_opts(norm: str = "BN") -> list[str]:
+    """Config overrides for torchvision's ResNet-18 layout."""
+    return [
+        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+        "MODEL.RESNETS.STRIDE_IN_1X1", "False", "MODEL.RESNETS.NORM", norm,
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Reference networks' stage outputs (res2..res5), for parity
+# ------------------------------------------------------------------------------------------
+def torchvision_stages(model, x):
+    """The outputs of a torchvision ResNet's layer1..layer4."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    outputs = []
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        x = layer(x)
+        outputs.append(x)
+    return outputs
+
+
+def timm_stages(name, reference, x):
+    """The stage outputs of a timm ResNet-family model, as our res2..res5."""
+    if name.startswith("rexnet"):
+        last, intermediates = reference.forward_intermediates(x, indices=[0, 1, 2, 3])
+        return [*intermediates[1:], last]
+    raw = reference.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
+    if not name.startswith("resnetv2"):
+        return raw
+    # A v2 network's res* features are normalised and activated (make_stage): res2..res4 are
+    # the next stage's first pre-activation of timm's raw sums, res5 its final norm.
+    stages = reference.stages
+    return [stages[i + 1].blocks[0].norm1(raw[i]) for i in range(3)] + [reference.norm(raw[3])]
+
+
+def to_caffe2_names(backbone_state):
+    """Names of the MSRA/Caffe2 ImageNet .pkl files (res2_0_branch2a_w ...) for a ResNet state."""
+    blobs = {}
+    suffix = {"weight": "w", "norm.weight": "bn_s", "norm.bias": "bn_b"}
+    layer = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c", "shortcut": "branch1"}
+    for name, tensor in backbone_state.items():
+        parts = name.split(".")
+        if parts[-1] in ("running_mean", "running_var"):
+            continue  # MSRA files hold the affine scale and bias only
+        if parts[0] == "stem":
+            rest = ".".join(parts[2:])
+            c2 = "conv1_w" if rest == "weight" else "res_conv1_" + suffix[rest]
+        else:
+            stage, block, conv, rest = parts[0], parts[1], parts[2], ".".join(parts[3:])
+            c2 = f"{stage}_{block}_{layer[conv]}_{suffix[rest]}"
+        blobs[c2] = tensor.numpy()
+    return blobs
+
+
+def detection_image():
+    """One image of the shapes dataset, as a detectron2 model input (BGR, CHW)."""
+    from resnet_backbones.data.shapes import SPLITS, generate_image
+
+    image, _ = generate_image(SPLITS["val"], 1, 3)
+    bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
+    return {"image": torch.as_tensor(bgr.transpose(2, 0, 1).copy()), "height": 256, "width": 256}
+
+
+# ------------------------------------------------------------------------------------------
+# Training on a tiny generated dataset
+# ------------------------------------------------------------------------------------------
+def tiny_shapes():
+    """A 6-image shapes split, registered as ``shapes_tiny_train`` and ``shapes_tiny_val``."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    from resnet_backbones.data.shapes import ShapesConfig, ensure_shapes
+
+    root = ensure_shapes("val", ShapesConfig(num_images=6, seed=11))
+    for name in ("shapes_tiny_train", "shapes_tiny_val"):
+        if name not in DatasetCatalog.list():
+            register_coco_instances(name, {}, str(root / "annotations.json"), str(root / "images"))
+    return "shapes_tiny_train", "shapes_tiny_val"
+
+
+def tiny_cfg(output_dir, train, val, max_iter=2):
+    """The quickstart config, shortened to ``max_iter`` iterations of 2 images."""
+    from resnet_backbones.engine import load_config
+
+    return load_config(
+        QUICKSTART,
+        [
+            "DATASETS.TRAIN", f"('{train}',)",
+            "DATASETS.TEST", f"('{val}',)",
+            "SOLVER.IMS_PER_BATCH", "2",
+            "SOLVER.MAX_ITER", str(max_iter),
+            "SOLVER.CHECKPOINT_PERIOD", "1",
+            "DATALOADER.NUM_WORKERS", "0",
+            "OUTPUT_DIR", str(output_dir),
+        ],
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Malicious weights files
+# ------------------------------------------------------------------------------------------
+class OpenForWriting:
+    """Unpickling this calls open(path, "w"): it would create the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+class System:
+    """Unpickling this runs a shell command that would create the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def evil_pkl(tmp_path, payload=OpenForWriting):
+    """An MSRA-looking R-50.pkl whose unpickling would create ``tmp_path / "pwned"``."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "R-50.pkl"
+    blobs = {"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res2_0_branch2a_w": payload(marker)}
+    path.write_bytes(pickle.dumps(blobs, protocol=2))
+    return path, marker
+
+
+# ------------------------------------------------------------------------------------------
+# Loading weights
+# ------------------------------------------------------------------------------------------
+def load_weights(cfg, path=None):
+    """build_model(cfg), then MODEL.WEIGHTS (or ``path``) through FamilyCheckpointer, as the
+    Trainer does."""
+    from detectron2.modeling import build_model
+
+    from resnet_backbones.weights.checkpoint import FamilyCheckpointer
+
+    model = build_model(cfg).eval()
+    FamilyCheckpointer(model, cfg=cfg).load(path or cfg.MODEL.WEIGHTS)
+    return model
+
+
+def assert_stages_close(model, expected, x):
+    """The detector's backbone reproduces ``expected`` (res2..res5) on ``x``, to 1e-5."""
+    with torch.no_grad():
+        actual = model.backbone.bottom_up(x)
+    for stage, exp in zip(STAGES, expected):
+        assert actual[stage].shape == exp.shape, stage
+        rel = (actual[stage] - exp).abs().max() / exp.abs().max()
+        assert rel <= 1e-5, f"{stage}: relative error {rel:.2e}"
+
+
+def torchvision_reference(name):
+    """torchvision's ``name`` with seeded random weights and random norm statistics."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(weights=None).eval()
+    randomize_norm_statistics(reference)
+    return reference
+
+
+# ------------------------------------------------------------------------------------------
+# An HTTP server on 127.0.0.1 that serves generated files to the download and zoo tests
+# ------------------------------------------------------------------------------------------
+class WeightsServer:
+    """Serves ``files[path]`` at ``http://127.0.0.1:<port><path>`` and counts the requests.
+
+    A path in ``truncated`` announces its full Content-Length but closes the connection
+    after half of the bytes; a path in ``redirects`` answers 302 to the URL given; any other
+    unknown path is a 404.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.truncated: set[str] = set()
+        self.redirects: dict[str, str] = {}
+        self.requests: Counter[str] = Counter()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests[self.path] += 1
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body: Optional[bytes] = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.path in server.truncated:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                else:
+                    self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def __enter__(self) -> WeightsServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def msra_source(cfg):
+    """An R-50 (stride in the 1x1 conv, FrozenBN) whose norms are MSRA's affine y = s * x + b."""
+    from detectron2.modeling import build_model
+
+    source = build_model(cfg).eval()
+    randomize_norm_statistics(source)
+    for name, buffer in source.backbone.bottom_up.named_buffers():
+        if name.endswith("running_mean"):
+            buffer.zero_()
+        elif name.endswith("running_var"):
+            buffer.fill_(1 - 1e-5)  # FrozenBN's eps: scale = s exactly
+    return source

@@ -1,0 +1,172 @@
+"""The model-zoo catalog and the network table it points into: every entry names an arch of a
+preset, carries its input, cites its numbers, and fits the network our configs build."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, build_model
+
+from resnet_backbones.engine import load_config
+from resnet_backbones.modeling import build_classifier
+from resnet_backbones.presets import ARCHS, PRESETS, arch_config
+from resnet_backbones.weights import catalog
+from resnet_backbones.weights.checkpoint import FamilyCheckpointer
+from resnet_backbones.weights.detect import FORMATS, detect
+from resnet_backbones.weights.export import arch_input
+from resnet_backbones.weights.mappings import to_backbone
+from resnet_backbones.weights.metadata import check_metadata
+from resnet_backbones.weights.resolve import catalog_entry_for
+
+from .helpers import REPO, to_caffe2_names
+
+
+@pytest.mark.parametrize("name", sorted(catalog.CATALOG))
+def test_catalog_entries_are_consistent(name):
+    entry = catalog.CATALOG[name]
+    assert entry.name == name and entry.url.startswith("https://")
+    arch = ARCHS[entry.arch]
+    assert entry.source == arch.source and entry.source in FORMATS
+    assert entry.preset == arch.preset
+    assert any(a.name == arch.name for a in PRESETS[entry.preset].archs)
+    # The entry says what the checkpointer checks a config against.
+    assert set(entry.metadata) >= {"input_format", "pixel_mean", "pixel_std"}
+    resnet = PRESETS[entry.preset].keys["MODEL.BACKBONE.NAME"] == "build_resnet_family_backbone"
+    assert ("stride_in_1x1" in entry.metadata) == resnet
+    assert entry.top1 is None or 60 < entry.top1 < 90
+    assert entry.top1_source and entry.test_protocol and entry.license and entry.license_source
+    if entry.source in ("torchvision", "timm"):  # both publish a hash prefix in the file name
+        assert entry.sha256_prefix and f"-{entry.sha256_prefix}." in entry.url
+    assert (entry.torchvision_weights is not None) == (entry.source == "torchvision")
+    assert entry.non_commercial == ("-NC" in entry.license)
+    assert entry.non_commercial == entry.name.startswith("res2net")  # CC BY-NC-SA 4.0
+
+
+def test_every_arch_has_published_weights_with_one_input():
+    for name in ARCHS:
+        entries = [e for e in catalog.CATALOG.values() if e.arch == name]
+        assert entries, name
+        assert {e.input for e in entries} == {arch_input(name)}
+
+
+def test_arch_rows_are_linked_to_their_presets():
+    assert ARCHS["seresnet50"].preset == "SE-R-50"
+    assert ARCHS["resnet50"].preset == ARCHS["R-50"].preset == "R-50"
+    # The layout: MSRA's stride in the 1x1 conv, torchvision's in the 3x3.
+    assert ARCHS["R-50"].config["MODEL.RESNETS.STRIDE_IN_1X1"] is True
+    assert ARCHS["resnet50"].config["MODEL.RESNETS.STRIDE_IN_1X1"] is False
+    # Our base configs name our ResNet-family builder; ReXNet (FPN only) names its FPN builder.
+    assert "MODEL.BACKBONE.NAME" not in ARCHS["resnet50"].config
+    assert ARCHS["rexnet_100"].config["MODEL.BACKBONE.NAME"] == "build_rexnet_fpn_backbone"
+    for name in ARCHS:
+        assert sum(a.name == name for p in PRESETS.values() for a in p.archs) == 1
+
+
+def _classifier_params(arch):
+    cfg = arch_config(arch)
+    # The published count includes the norms' affine weights (FrozenBN keeps them as buffers).
+    cfg.MODEL.RESNETS.NORM = cfg.MODEL.REXNET.NORM = "BN"
+    model = build_classifier(cfg, num_classes=1000)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(catalog.CATALOG))
+def test_catalog_parameter_counts_equal_the_built_model(name):
+    entry = catalog.CATALOG[name]
+    assert _classifier_params(entry.arch) == entry.num_params
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, e in catalog.CATALOG.items() if e.source in ("torchvision", "timm")]
+)
+def test_catalog_agrees_with_the_libraries_own_metadata(name):
+    entry = catalog.CATALOG[name]
+    if entry.source == "torchvision":
+        weights_enum, member = entry.torchvision_weights.split(".")
+        meta_entry = getattr(getattr(torchvision.models, weights_enum), member)
+        assert entry.url == meta_entry.url
+        assert entry.num_params == meta_entry.meta["num_params"]
+        assert entry.top1 == meta_entry.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+        assert entry.torchvision_weights in entry.top1_source
+        resize = meta_entry.transforms().resize_size[0]
+        assert f"resize {resize}, center crop 224" in entry.test_protocol
+    else:
+        timm = pytest.importorskip("timm")
+        model = timm.create_model(entry.arch, pretrained=False)
+        assert entry.num_params == sum(p.numel() for p in model.parameters())
+        pretrained = timm.models.get_pretrained_cfg(entry.name)
+        assert pretrained is not None, entry.name  # timm knows this name.tag
+        mean = [round(255 * m, 3) for m in pretrained.mean]
+        std = [round(255 * s, 3) for s in pretrained.std]
+        assert entry.config["MODEL.PIXEL_MEAN"] == mean
+        assert entry.config["MODEL.PIXEL_STD"] == std
+
+
+def _reference_state(arch):
+    """Random weights of ``arch`` in the source library's own names."""
+    if arch.source == "torchvision":
+        return getattr(torchvision.models, arch.name)(weights=None).state_dict()
+    if arch.source == "timm":
+        timm = pytest.importorskip("timm")
+        return timm.create_model(arch.name, pretrained=False).state_dict()
+    ours = _backbone(arch.name).state_dict()
+    return {**to_caffe2_names(ours), "fc1000_w": np.zeros((1000, 2048), np.float32)}
+
+
+def _backbone(name):
+    cfg = arch_config(name)
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.REXNET.OUT_FEATURES = [
+        "res2",
+        "res3",
+        "res4",
+        "res5",
+    ]
+    return BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, ShapeSpec(channels=3))
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_every_arch_row_builds_a_backbone_its_weights_load_into(name):
+    arch = ARCHS[name]
+    weights = detect(_reference_state(arch))
+    assert weights.format == arch.source
+    assert arch.family is None or arch.family in weights.families
+    state = to_backbone(weights.format, weights.state_dict, family=arch.family)
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    _backbone(name).load_state_dict(state, strict=True)
+
+
+def _configs_with_weights():
+    configs = []
+    for root, _, files in os.walk(os.path.join(REPO, "configs")):
+        for f in sorted(files):
+            if f.endswith(".yaml") and not f.startswith("Base-"):
+                path = os.path.relpath(os.path.join(root, f), REPO)
+                if load_config(os.path.join(REPO, path)).MODEL.WEIGHTS:
+                    configs.append(path)
+    return sorted(configs)
+
+
+@pytest.mark.parametrize("config", _configs_with_weights())
+def test_every_configs_weights_are_a_catalog_entry_that_fits_it(tmp_path, config):
+    """The weights a config names are in the catalog, agree with its input format, pixel
+    statistics and stride placement, and (as random weights in the publisher's names and format)
+    load strictly into the model it builds."""
+    cfg = load_config(os.path.join(REPO, config), ["MODEL.DEVICE", "cpu"])
+    entry = catalog_entry_for(cfg.MODEL.WEIGHTS)
+    assert entry is not None, f"{cfg.MODEL.WEIGHTS} is not in the catalog"
+    check_metadata(entry.metadata, cfg, source=cfg.MODEL.WEIGHTS)
+
+    arch = ARCHS[entry.arch]
+    state = _reference_state(arch)
+    path = tmp_path / ("weights.pkl" if arch.source == "msra" else "weights.pth")
+    if arch.source == "msra":
+        path.write_bytes(pickle.dumps(state, protocol=2))
+    else:
+        torch.save(state, path)
+    model = build_model(cfg)
+    FamilyCheckpointer(model, cfg=cfg).load(str(path))

@@ -1,0 +1,155 @@
+"""Step 1 of the weights pipeline: zoo names, https and detectron2 URLs, local paths.
+
+Files are served from 127.0.0.1 (the hubs cannot be reached here); download() itself is tested
+in test_download.py."""
+
+import hashlib
+import io
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from resnet_backbones.utils import config_yaml
+from resnet_backbones.weights import catalog
+from resnet_backbones.weights.download import CACHE_ENV
+from resnet_backbones.weights.entry import WeightsEntry
+from resnet_backbones.weights.errors import (
+    ChecksumError,
+    MetadataMismatchError,
+    UnknownWeightsError,
+    WeightsNotFoundError,
+)
+from resnet_backbones.weights.resolve import (
+    DETECTRON2_BASE_URL,
+    ZOO_BASE_URL_ENV,
+    catalog_entry_for,
+    resolve,
+)
+
+from .helpers import (
+    TORCHVISION_INPUT,
+    WeightsServer,
+    assert_stages_close,
+    default_cfg,
+    load_weights,
+    r18_opts,
+    torchvision_reference,
+    torchvision_stages,
+)
+
+
+def _resnet18_entry(name, sha256_prefix):
+    """A catalog entry for a torchvision resnet18 file named with ``sha256_prefix``."""
+    return WeightsEntry(
+        name=name,
+        url=f"https://download.example.invalid/models/resnet18-{sha256_prefix}.pth",
+        arch="resnet18",
+        input=catalog.IMAGENET_RGB,
+        sha256_prefix=sha256_prefix,
+        num_params=11689512,
+        num_params_source="torchvision",
+        top1=None,
+        top1_source="random weights",
+        test_protocol="none",
+        license="Apache-2.0",
+        license_source="test",
+        non_commercial=False,
+    )
+
+
+def _payload():
+    reference = torchvision_reference("resnet18")
+    buffer = io.BytesIO()
+    torch.save(reference.state_dict(), buffer)
+    return reference, buffer.getvalue()
+
+
+def test_a_local_path_is_itself_and_a_missing_one_an_error_naming_the_key(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"x")
+    assert resolve(str(path)) == str(path)
+    with pytest.raises(
+        WeightsNotFoundError, match=r"MODEL.WEIGHTS = .*nothere.pth.*: no such file"
+    ):
+        resolve(str(tmp_path / "nothere.pth"))
+    cfg = default_cfg(
+        "Base-RCNN-FPN.yaml", r18_opts() + ["MODEL.WEIGHTS", str(tmp_path / "no.pth")]
+    )
+    with pytest.raises(FileNotFoundError, match=r"MODEL.WEIGHTS = .*no.pth.*: no such file"):
+        load_weights(cfg)
+
+
+def test_catalog_entries_are_found_by_zoo_name_and_by_url():
+    entry = catalog.CATALOG["R-50.msra_in1k"]
+    assert catalog_entry_for("resnet_backbones://R-50.msra_in1k") is entry
+    assert catalog_entry_for(entry.url) is entry
+    assert entry.url.startswith(DETECTRON2_BASE_URL)
+    assert catalog_entry_for("detectron2://ImageNetPretrained/MSRA/R-50.pkl") is entry
+    assert catalog_entry_for("/data/R-50.pkl") is None
+    with pytest.raises(UnknownWeightsError, match=r"no such weights.*valid names: .*R-50"):
+        catalog_entry_for("resnet_backbones://no-such-weights")
+
+
+def test_zoo_names_resolve_download_once_and_check_the_config(tmp_path, monkeypatch):
+    reference, payload = _payload()
+    prefix = hashlib.sha256(payload).hexdigest()[:8]
+    filename = f"resnet18-{prefix}.pth"
+    entry = _resnet18_entry("test-resnet18", prefix)
+    monkeypatch.setitem(catalog.CATALOG, entry.name, entry)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    with WeightsServer() as server:
+        server.files[f"/mirror/{filename}"] = payload
+        monkeypatch.setenv(ZOO_BASE_URL_ENV, server.url("/mirror/"))
+        cfg = default_cfg("Base-RCNN-FPN.yaml")
+        cfg.merge_from_other_cfg(cfg.load_cfg(config_yaml(entry.config)))
+        cfg.MODEL.WEIGHTS = "resnet_backbones://test-resnet18"
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            expected = torchvision_stages(reference, x)
+        assert_stages_close(load_weights(cfg), expected, x)
+        load_weights(cfg)
+        assert server.requests[f"/mirror/{filename}"] == 1
+        # detectron2's own checkpointer resolves the name too (from the cache; no conversion).
+        DetectionCheckpointer(build_model(cfg)).load("resnet_backbones://test-resnet18")
+        assert server.requests[f"/mirror/{filename}"] == 1
+
+        cfg.INPUT.FORMAT = "BGR"  # the entry says RGB
+        with pytest.raises(
+            MetadataMismatchError,
+            match=r"resnet_backbones://test-resnet18.*INPUT\.FORMAT is 'BGR'",
+        ):
+            load_weights(cfg)
+        with pytest.raises(ValueError, match=r"no such weights.*valid names: .*test-resnet18"):
+            load_weights(cfg, "resnet_backbones://no-such-weights")
+
+
+def test_urls_in_model_weights_are_checked_against_their_hash(tmp_path, monkeypatch):
+    """An http(s) MODEL.WEIGHTS whose file name carries a SHA-256 prefix (torch.hub's
+    convention), and a zoo entry with a hash, are verified; a mismatch is refused and not cached."""
+    reference, payload = _payload()
+    good = hashlib.sha256(payload).hexdigest()[:8]
+    bad = "0" * 8 if good != "0" * 8 else "1" * 8
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    cfg = default_cfg("Base-RCNN-FPN.yaml", r18_opts() + TORCHVISION_INPUT)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = torchvision_stages(reference, x)
+    with WeightsServer() as server:
+        for prefix in (good, bad):
+            server.files[f"/models/resnet18-{prefix}.pth"] = payload
+        with pytest.raises(ChecksumError, match=f"expected a SHA-256 starting with {bad}"):
+            load_weights(cfg, server.url(f"/models/resnet18-{bad}.pth"))
+        assert not list(cache.rglob("*.pth"))
+        assert_stages_close(
+            load_weights(cfg, server.url(f"/models/resnet18-{good}.pth")), expected, x
+        )
+
+        entry = _resnet18_entry("tampered-resnet18", bad)
+        monkeypatch.setitem(catalog.CATALOG, entry.name, entry)
+        monkeypatch.setenv(ZOO_BASE_URL_ENV, server.url("/models/"))
+        with pytest.raises(ChecksumError, match=f"resnet18-{bad}.pth: expected a SHA-256"):
+            load_weights(cfg, "resnet_backbones://tampered-resnet18")
+        assert [p.name for p in cache.rglob("*.pth")] == [f"resnet18-{good}.pth"]
