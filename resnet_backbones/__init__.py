@@ -1,18 +1,28 @@
 """ResNet-family backbones for detectron2.
 
-``import resnet_backbones`` registers, in detectron2's registries:
+``import resnet_backbones`` registers, and does nothing else:
 
-* backbones ``build_resnet_family_backbone``, ``build_resnet_family_fpn_backbone`` and
-  ``build_resnet_family_retinanet_fpn_backbone``;
-* ReXNet backbones ``build_rexnet_backbone`` and ``build_rexnet_fpn_backbone``;
-* the C4 head ``Res5FamilyROIHeads``;
-* the built-in datasets ``shapes_train`` and ``shapes_val``;
+* the stand-in for ``detectron2._C`` where detectron2 was built without its compiled ops (see
+  :mod:`._compat`), before anything imports ``detectron2.layers``;
+* in detectron2's registries, as soon as ``detectron2.modeling`` is imported (at once if it
+  already is; see :mod:`._import_hooks`): the backbones ``build_resnet_family_backbone``,
+  ``build_resnet_family_fpn_backbone``, ``build_resnet_family_retinanet_fpn_backbone``,
+  ``build_rexnet_backbone``, ``build_rexnet_fpn_backbone`` and the C4 head
+  ``Res5FamilyROIHeads``;
 * the model-zoo scheme ``resnet_backbones://NAME`` in detectron2's PathManager.
 
-Call :func:`add_resnet_backbones_config` on a config before merging one of our YAML files.
+It does not import ``detectron2.data``, register datasets, choose a matplotlib backend or seed
+a random generator. The built-in datasets ``shapes_train`` and ``shapes_val`` are registered by
+:func:`resnet_backbones.data.register_datasets` (the tools and the Trainer call it).
+
+Call :func:`add_resnet_backbones_config` on a config before merging one of our YAML files. The
+names below are imported on first use.
 """
 
+import importlib
+
 from ._compat import install_c_stand_in, install_pillow_aliases, uses_c_stand_in
+from ._import_hooks import when_imported
 
 try:
     import detectron2  # noqa: F401
@@ -27,31 +37,36 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 install_c_stand_in()
 install_pillow_aliases()
 
-from . import data  # noqa: E402  (registers the built-in datasets)
-from .config import add_resnet_backbones_config  # noqa: E402
-from .modeling import (  # noqa: E402
-    Res5FamilyROIHeads,
-    ResNetFamily,
-    build_resnet_family_backbone,
-    build_resnet_family_fpn_backbone,
-    build_resnet_family_retinanet_fpn_backbone,
-)
-from .weights.checkpoint import FamilyCheckpointer  # noqa: E402
 from .weights.resolve import register_zoo_scheme  # noqa: E402
 
-register_zoo_scheme()  # detectron2's own PathManager learns resnet_backbones://NAME
+register_zoo_scheme()
+# Importing our models registers them; detectron2's registries live in detectron2.modeling.
+when_imported("detectron2.modeling", lambda: importlib.import_module("resnet_backbones.modeling"))
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FamilyCheckpointer",
-    "Res5FamilyROIHeads",
-    "ResNetFamily",
-    "add_resnet_backbones_config",
-    "build_resnet_family_backbone",
-    "build_resnet_family_fpn_backbone",
-    "build_resnet_family_retinanet_fpn_backbone",
-    "data",
-    "install_c_stand_in",
-    "uses_c_stand_in",
-]
+# Public name -> the module that defines it, imported on first use.
+_LAZY = {
+    "add_resnet_backbones_config": ".config",
+    "FamilyCheckpointer": ".weights.checkpoint",
+    "Res5FamilyROIHeads": ".modeling",
+    "ResNetFamily": ".modeling",
+    "ReXNet": ".modeling",
+    "build_resnet_family_backbone": ".modeling",
+    "build_resnet_family_fpn_backbone": ".modeling",
+    "build_resnet_family_retinanet_fpn_backbone": ".modeling",
+    "build_rexnet_backbone": ".modeling",
+    "build_rexnet_fpn_backbone": ".modeling",
+}
+
+__all__ = [*_LAZY, "install_c_stand_in", "uses_c_stand_in"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))

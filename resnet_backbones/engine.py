@@ -16,6 +16,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 
 from ._compat import uses_c_stand_in
 from .config import OPTIMIZERS, add_resnet_backbones_config
+from .data import register_datasets
 from .utils import check_choice, first_n
 from .weights.checkpoint import FamilyCheckpointer
 
@@ -56,12 +57,14 @@ def use_cpu_if_no_cuda(cfg: CfgNode) -> CfgNode:
 
 
 def check_datasets(names: Sequence[str]) -> None:
-    """Fails early, and clearly, when a dataset is not registered or its files are missing.
+    """Fails early, and clearly, when a dataset is not registered or its files are missing
+    (the built-in datasets are registered first).
 
     detectron2 registers COCO under ``$DETECTRON2_DATASETS`` (default ``./datasets``) without
     checking that anything is there; the first sign of a missing dataset would otherwise be a
     bare FileNotFoundError from deep inside the data loader.
     """
+    register_datasets()
     registered = DatasetCatalog.list()
     for name in names:
         if name not in registered:
@@ -95,11 +98,16 @@ def check_datasets(names: Sequence[str]) -> None:
 
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with COCO evaluation on pycocotools, loading MODEL.WEIGHTS
-    with :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer`.
+    with :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer`, and the built-in
+    datasets registered.
 
     Without detectron2's compiled ops, COCOEvaluator's fast path is unavailable; the evaluator
     then runs plain pycocotools (``use_fast_impl=False``), with the same numbers.
     """
+
+    def __init__(self, cfg: CfgNode):
+        register_datasets()  # before DefaultTrainer builds the data loaders
+        super().__init__(cfg)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ makes a DetectionCheckpointer (plain pickle for .pkl, no

@@ -6,11 +6,7 @@ import json
 import os
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 __all__ = ["draw_detections", "plot_learning_curve", "read_metrics"]
 
@@ -35,9 +31,11 @@ def plot_learning_curve(metrics_json: str, out_png: str, title: str = "") -> str
     evals = [r for r in records if "bbox/AP" in r]
     if not train:
         raise ValueError(f"{metrics_json} has no training records (no 'total_loss')")
-    fig, (ax_loss, ax_lr) = plt.subplots(
-        2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
+    # A Figure of its own renders without pyplot, so no global backend is chosen here.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 6))
+    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     iters = [r["iteration"] + 1 for r in train]
     for key in LOSS_KEYS:
         if key in train[0]:
@@ -70,7 +68,6 @@ def plot_learning_curve(metrics_json: str, out_png: str, title: str = "") -> str
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return out_png
 
 

@@ -7,6 +7,7 @@ import os
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from resnet_backbones.data import register_datasets
 from resnet_backbones.data.shapes import (
     CLASSES,
     SPLITS,
@@ -50,6 +51,7 @@ def _iou_matrix(boxes):
 
 
 def test_val_split_has_classes_sizes_overlaps_and_busy_backgrounds():
+    register_datasets()
     dicts = DatasetCatalog.get("shapes_val")
     assert len(dicts) == SPLITS["val"].num_images
     assert MetadataCatalog.get("shapes_val").thing_classes == list(CLASSES) and len(CLASSES) >= 3

@@ -1,29 +1,37 @@
 """Built-in datasets: ``shapes_train`` and ``shapes_val`` (see :mod:`.shapes`).
 
-They are registered in detectron2's ``DatasetCatalog`` and ``MetadataCatalog`` on import; the
-files are generated into the cache folder the first time a split is loaded. The cache folder is
-read once, at import (``$RESNET_BACKBONES_CACHE``).
+:func:`register_datasets` registers them in detectron2's ``DatasetCatalog`` and
+``MetadataCatalog``; ``tools/train_net.py`` and :class:`resnet_backbones.engine.Trainer` call
+it, and so can your own code::
+
+    from resnet_backbones.data import register_datasets
+    register_datasets()
+
+The files are generated into ``$RESNET_BACKBONES_CACHE/datasets/`` (read when a split is first
+loaded; default ``~/.cache/resnet_backbones``) the first time a split is loaded.
 """
 
 from __future__ import annotations
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
-
 from .shapes import CLASSES, SPLITS, ensure_shapes, split_dir
 
-__all__ = ["SHAPES_DATASETS", "load_shapes", "register_shapes"]
+__all__ = ["SHAPES_DATASETS", "load_shapes", "register_datasets"]
 
 SHAPES_DATASETS = {f"shapes_{split}": split for split in SPLITS}
 
 
 def load_shapes(split: str) -> list[dict]:
     """The detectron2 dataset dicts of a shapes split, generating its files on first use."""
+    from detectron2.data.datasets import load_coco_json
+
     root = ensure_shapes(split)
     return load_coco_json(str(root / "annotations.json"), str(root / "images"), f"shapes_{split}")
 
 
-def register_shapes() -> None:
+def register_datasets() -> None:
+    """Registers ``shapes_train`` and ``shapes_val`` (once; a second call changes nothing)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
     for name, split in SHAPES_DATASETS.items():
         if name in DatasetCatalog.list():
             continue
@@ -36,6 +44,3 @@ def register_shapes() -> None:
             evaluator_type="coco",
             generated_on_first_use=True,
         )
-
-
-register_shapes()
