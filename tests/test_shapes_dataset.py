@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from resnet_backbones.data import register_datasets
@@ -14,6 +15,7 @@ from resnet_backbones.data.shapes import (
     ShapesConfig,
     ensure_shapes,
     generate_split,
+    split_dir,
 )
 
 SMALL = ShapesConfig(num_images=12, seed=5)
@@ -85,3 +87,11 @@ def test_coco_json_is_valid_for_pycocotools():
     with open(root / "annotations.json") as f:
         data = json.load(f)
     assert len(data["images"]) == SMALL.num_images and data["annotations"]
+
+
+def test_an_unknown_split_is_a_value_error_listing_the_splits(tmp_path):
+    for call in (lambda: split_dir("test"), lambda: generate_split("test", tmp_path)):
+        with pytest.raises(
+            ValueError, match=r"shapes split = 'test' is not valid; valid values: 'train', 'val'"
+        ):
+            call()

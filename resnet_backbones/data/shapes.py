@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..utils import cache_root
+from ..utils import cache_root, check_choice
 
 __all__ = [
     "CLASSES",
@@ -237,8 +237,7 @@ def _coco_json(cfg: ShapesConfig, split: str, annotations: list[list[dict]]) -> 
 
 def generate_split(split: str, out_dir: str | os.PathLike, cfg: ShapesConfig | None = None) -> Path:
     """Writes the images and ``annotations.json`` of ``split`` into ``out_dir`` (which it creates)."""
-    if split not in SPLITS:
-        raise KeyError(f"unknown shapes split {split!r}; valid splits: {', '.join(SPLITS)}")
+    check_choice("shapes split", split, SPLITS)
     cfg = cfg or SPLITS[split]
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -253,6 +252,8 @@ def generate_split(split: str, out_dir: str | os.PathLike, cfg: ShapesConfig | N
 
 
 def split_dir(split: str, cfg: ShapesConfig | None = None) -> Path:
+    """Where ``split`` (generated with ``cfg``, default: the split's own) is cached."""
+    check_choice("shapes split", split, SPLITS)
     cfg = cfg or SPLITS[split]
     return Path(cache_root()) / "datasets" / f"shapes_v{_FORMAT_VERSION}_{cfg.digest()}" / split
 

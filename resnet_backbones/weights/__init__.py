@@ -27,30 +27,7 @@ fits it; ``tools/convert_weights.py``) and :mod:`.errors` (one taxonomy, rooted 
 :class:`~.errors.WeightsError`).
 """
 
-from .errors import (
-    BackboneMismatchError,
-    ChecksumError,
-    DownloadError,
-    IncompatibleWeightsError,
-    MetadataMismatchError,
-    UnknownWeightsError,
-    UnsafeURLError,
-    UnsafeWeightsError,
-    WeightsError,
-    WeightsFormatError,
-    WeightsNotFoundError,
-)
+from . import errors
+from .errors import *  # noqa: F403  (the error taxonomy, importable from here)
 
-__all__ = [
-    "BackboneMismatchError",
-    "ChecksumError",
-    "DownloadError",
-    "IncompatibleWeightsError",
-    "MetadataMismatchError",
-    "UnknownWeightsError",
-    "UnsafeURLError",
-    "UnsafeWeightsError",
-    "WeightsError",
-    "WeightsFormatError",
-    "WeightsNotFoundError",
-]
+__all__ = list(errors.__all__)
