@@ -35,22 +35,6 @@ def _batch(num_classes):
     return batch
 
 
-def test_the_expected_configs_exist():
-    names = {os.path.basename(c) for c in CONFIGS}
-    for depth in (50, 101, 152):
-        for form in ("C4", "DC5", "FPN"):
-            assert f"faster_rcnn_R_{depth}_{form}_3x.yaml" in names
-    for name in [
-        "faster_rcnn_R101.yaml",
-        "faster_rcnn_X_101_32x8d_FPN_3x.yaml",
-        "faster_rcnn_WRN_50_2_FPN_3x.yaml",
-        "faster_rcnn_R_101_D_FPN_3x.yaml",
-        "faster_rcnn_R_101_C4_resnet_paper.yaml",
-        "faster_rcnn_R18_FPN_shapes.yaml",
-    ]:
-        assert name in names
-
-
 def test_faster_rcnn_r101_follows_detectron2_3x_recipe():
     cfg = load_config(os.path.join(REPO, "configs/faster_rcnn_R101.yaml"))
     assert cfg.MODEL.BACKBONE.NAME == "build_resnet_family_fpn_backbone"
