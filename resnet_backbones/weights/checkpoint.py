@@ -34,7 +34,7 @@ from torch import nn
 
 from . import mappings
 from .detect import WeightsFile, read_weights
-from .mappings import BACKBONE_FORMATS, BACKBONE_NAME, choose_family
+from .mappings import BACKBONE_FORMATS, BACKBONE_NAME, as_tensor, choose_family
 from .metadata import check_metadata, expected_metadata, has_bottlenecks
 from .place import BackboneReport, backbone_of_model, check_backbone, place
 from .resolve import catalog_entry_for, resolve, weights_path_manager
@@ -71,9 +71,7 @@ def _detectron2_state(weights: WeightsFile, model_state: dict[str, Any]) -> dict
     if weights.format == "pycls":
         state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     heuristics = weights.format in ("pycls", "msra") or weights.extra.get("matching_heuristics")
-    state = {
-        k: torch.from_numpy(v) if not isinstance(v, torch.Tensor) else v for k, v in state.items()
-    }
+    state = {name: as_tensor(value) for name, value in state.items()}
     torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "module.")
     if heuristics:
         # Detectron1 files ({"blobs": ...}) have Caffe2 names; the others detectron2's.
@@ -132,7 +130,7 @@ def prepare_checkpoint(
         checkpoint = {**weights.extra, "model": state, "matching_heuristics": False}
 
     report = check_backbone(  # 6
-        {name: tuple(tensor.shape) for name, tensor in state.items()},
+        {name: tuple(getattr(value, "shape", ())) for name, value in state.items()},
         {name: tuple(tensor.shape) for name, tensor in model_state.items()},
         modules={name for name, _ in model.named_modules()},
         optional=_frozen_norm_statistics(model),

@@ -35,6 +35,7 @@ __all__ = [
     "FAMILIES",
     "Family",
     "Rule",
+    "as_tensor",
     "backbone_prefix",
     "caffe2_to_backbone",
     "choose_family",
@@ -248,7 +249,8 @@ def rename_names(names: Iterable[str], rules: Sequence[Rule]) -> dict[str, Optio
 # ------------------------------------------------------------------------------------------
 # Caffe2 (MSRA, FAIR) and detectron2
 # ------------------------------------------------------------------------------------------
-def _tensor(value: Any) -> torch.Tensor:
+def as_tensor(value: Any) -> Any:
+    """A numpy array as a torch tensor (sharing its memory where it can); anything else as it is."""
     return torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
 
 
@@ -273,7 +275,7 @@ def caffe2_to_backbone(state: Mapping[str, Any], path: str) -> dict[str, Any]:
     for c2, ours in ours_of.items():
         if c2.endswith("_bn_s") and ours in out:
             norm = ours[: -len("weight")]
-            scale = _tensor(out[ours])
+            scale = as_tensor(out[ours])
             out.setdefault(norm + "running_mean", torch.zeros_like(scale))
             out.setdefault(norm + "running_var", torch.full_like(scale, 1 - 1e-5))
     return out
@@ -373,4 +375,4 @@ def to_backbone(
             f"{path}: {fmt} files cannot be renamed to our backbone; convertible formats: "
             "resnet_backbones, detectron2, msra, torchvision, timm"
         )
-    return {name: _tensor(value) for name, value in out.items()}
+    return {name: as_tensor(value) for name, value in out.items()}
