@@ -20,7 +20,7 @@ from resnet_backbones.complexity import (
     preset_complexity,
     published_comparison,
 )
-from resnet_backbones.modeling.layers import DeformConv2d
+from resnet_backbones.modeling.ops import DeformConv2d
 from resnet_backbones.presets import PRESETS
 from resnet_backbones.weights.archs import ARCHS
 

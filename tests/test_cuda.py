@@ -12,7 +12,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from resnet_backbones.engine import load_config
-from resnet_backbones.modeling.layers import BottleneckBlock
+from resnet_backbones.modeling.blocks import BottleneckBlock
 from resnet_backbones.modeling.spec import BlockOptions
 from resnet_backbones.presets import apply_preset
 

@@ -7,11 +7,12 @@ from .backbone import (
     build_resnet_family_fpn_backbone,
     build_resnet_family_retinanet_fpn_backbone,
 )
+from .blocks import BLOCK_CLASSES, make_stage
 from .classifier import ImageClassifier, ResNetClassifier, build_classifier
-from .layers import BLOCK_CLASSES, STEM_CLASSES, make_stage
 from .rexnet import ReXNet, build_rexnet_backbone, build_rexnet_fpn_backbone
 from .roi_heads import Res5FamilyROIHeads
 from .spec import DEPTHS, BlockOptions, ResNetSpec, StageSpec, resnet_spec, spec_from_config
+from .stems import STEM_CLASSES
 
 __all__ = [
     "BLOCK_CLASSES",

@@ -22,8 +22,9 @@ from detectron2.utils import comm
 from torch import nn
 
 from ..utils import check_choice
-from .layers import STEM_CLASSES, make_stage
+from .blocks import make_stage
 from .spec import ResNetSpec, feature_names_up_to, spec_from_config
+from .stems import STEM_CLASSES
 
 __all__ = [
     "ResNetFamily",

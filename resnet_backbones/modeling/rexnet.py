@@ -27,6 +27,7 @@ from torch import nn
 
 from ..utils import check_choice, check_positive_number
 from .backbone import resolve_norm
+from .ops import SqueezeExcite, make_divisible, zero_pad_channels
 from .spec import FEATURE_NAMES
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "LinearBottleneck",
     "ReXNet",
     "ReXNetBlockSpec",
-    "SqueezeExcite",
     "build_rexnet_backbone",
     "build_rexnet_fpn_backbone",
     "rexnet_blocks",
@@ -57,6 +57,8 @@ FIRST_CHANNELS = 16  # output of the first block; the following ones grow linear
 CHANNEL_GROWTH = 180  # ... by this much over all blocks: 16 -> 16 + 180 * (n - 1) / n
 LAST_CHANNELS = 1280  # the final 1x1 conv
 SE_RATIO = 1 / 12  # SE reduced width = depthwise width * SE_RATIO
+# Every width is rounded by make_divisible with timm's default round_limit, 0.9 (never more than
+# 10% below the exact width); the widths of the pretrained weights depend on it.
 
 
 @dataclass(frozen=True)
@@ -100,22 +102,15 @@ class ReXNetBlockSpec:
     stride: int
 
 
-def _make_divisible(value: float, divisor: int) -> int:
-    """Nearest multiple of ``divisor`` (at least ``divisor``), never more than 10% below ``value``;
-    the rounding rule of timm's ``make_divisible``, on which the pretrained widths depend."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
-
-
 def rexnet_stem_channels(width_mult: float = 1.0, channel_divisor: int = 1) -> int:
     """Width of the 3x3/2 stem conv; 32 for every width_mult <= 1, as in timm."""
     base = STEM_CHANNELS / width_mult if width_mult < 1.0 else STEM_CHANNELS
-    return _make_divisible(round(base * width_mult), channel_divisor)
+    return make_divisible(round(base * width_mult), channel_divisor)
 
 
 def rexnet_last_channels(width_mult: float = 1.0, channel_divisor: int = 1) -> int:
     """Width of the final 1x1 conv: 1280 * width_mult."""
-    return _make_divisible(LAST_CHANNELS * width_mult, channel_divisor)
+    return make_divisible(LAST_CHANNELS * width_mult, channel_divisor)
 
 
 def rexnet_blocks(
@@ -137,16 +132,16 @@ def rexnet_blocks(
     blocks = []
     for group, count in zip(REXNET_GROUPS, num_blocks):
         for index in range(count):
-            out_channels = _make_divisible(round(base * width_mult), channel_divisor)
+            out_channels = make_divisible(round(base * width_mult), channel_divisor)
             base += CHANNEL_GROWTH / total
             hidden_channels = in_channels
             if group.expansion != 1:
-                hidden_channels = _make_divisible(
+                hidden_channels = make_divisible(
                     round(in_channels * group.expansion), channel_divisor
                 )
             se_channels = 0
             if group.se:
-                se_channels = _make_divisible(int(hidden_channels * SE_RATIO), channel_divisor)
+                se_channels = make_divisible(int(hidden_channels * SE_RATIO), channel_divisor)
             blocks.append(
                 ReXNetBlockSpec(
                     feature=group.feature,
@@ -173,6 +168,30 @@ def _init_conv(conv: nn.Conv2d) -> None:
         nn.init.zeros_(conv.bias)
 
 
+def _conv_norm(
+    in_channels: int,
+    out_channels: int,
+    *,
+    kernel_size: int,
+    norm: str,
+    stride: int = 1,
+    groups: int = 1,
+    activation=None,
+) -> Conv2d:
+    """A bias-free conv with "same" padding, then norm (and ``activation``)."""
+    return Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=kernel_size // 2,
+        groups=groups,
+        bias=False,
+        norm=get_norm(norm, out_channels),
+        activation=activation,
+    )
+
+
 class ConvNormSiLU(CNNBlockBase):
     """Conv, norm, SiLU: ReXNet's 3x3/2 stem conv and its final 1x1 conv."""
 
@@ -180,40 +199,17 @@ class ConvNormSiLU(CNNBlockBase):
         self, in_channels: int, out_channels: int, *, kernel_size: int, stride: int, norm: str
     ):
         super().__init__(in_channels, out_channels, stride)
-        self.conv = Conv2d(
+        self.conv = _conv_norm(
             in_channels,
             out_channels,
             kernel_size=kernel_size,
             stride=stride,
-            padding=kernel_size // 2,
-            bias=False,
-            norm=get_norm(norm, out_channels),
+            norm=norm,
             activation=F.silu,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
-
-
-class SqueezeExcite(nn.Module):
-    """SE with a norm (ReXNet): global average pool, 1x1 conv, norm, ReLU, 1x1 conv, sigmoid;
-    scales the input channels."""
-
-    def __init__(self, channels: int, se_channels: int, *, norm: str):
-        super().__init__()
-        self.fc1 = Conv2d(
-            channels,
-            se_channels,
-            kernel_size=1,
-            bias=True,
-            norm=get_norm(norm, se_channels),
-            activation=F.relu,
-        )
-        self.fc2 = Conv2d(se_channels, channels, kernel_size=1, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.fc2(self.fc1(x.mean((2, 3), keepdim=True)))
-        return x * torch.sigmoid(scale)
 
 
 class LinearBottleneck(CNNBlockBase):
@@ -243,32 +239,19 @@ class LinearBottleneck(CNNBlockBase):
         super().__init__(in_channels, out_channels, stride)
         self.conv_expand = None
         if hidden_channels != in_channels:
-            self.conv_expand = Conv2d(
-                in_channels,
-                hidden_channels,
-                kernel_size=1,
-                bias=False,
-                norm=get_norm(norm, hidden_channels),
-                activation=F.silu,
+            self.conv_expand = _conv_norm(
+                in_channels, hidden_channels, kernel_size=1, norm=norm, activation=F.silu
             )
-        self.conv_dw = Conv2d(
+        self.conv_dw = _conv_norm(
             hidden_channels,
             hidden_channels,
             kernel_size=3,
             stride=stride,
-            padding=1,
             groups=hidden_channels,
-            bias=False,
-            norm=get_norm(norm, hidden_channels),
+            norm=norm,
         )
         self.se = SqueezeExcite(hidden_channels, se_channels, norm=norm) if se_channels else None
-        self.conv_project = Conv2d(
-            hidden_channels,
-            out_channels,
-            kernel_size=1,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
+        self.conv_project = _conv_norm(hidden_channels, out_channels, kernel_size=1, norm=norm)
         # The widths only grow, so the shortcut is the input zero-padded to out_channels (the
         # ResNet paper's option A); where the stride is 2 there is none.
         self.has_shortcut = stride == 1 and in_channels <= out_channels
@@ -280,7 +263,7 @@ class LinearBottleneck(CNNBlockBase):
             out = self.se(out)
         out = self.conv_project(F.relu6(out))
         if self.has_shortcut:
-            out = out + F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
+            out = out + zero_pad_channels(x, self.out_channels - self.in_channels)
         return out
 
 
