@@ -17,9 +17,9 @@ from torchvision.ops import deform_conv2d
 
 from resnet_backbones.engine import load_config
 from resnet_backbones.modeling import ResNetClassifier, ResNetFamily, resnet_spec, spec_from_config
-from resnet_backbones.modeling.backbone import build_res5_head
 from resnet_backbones.modeling.blocks import BasicBlock, BottleneckBlock
 from resnet_backbones.modeling.ops import DeformConv2d
+from resnet_backbones.modeling.resnet import build_res5_head
 from resnet_backbones.modeling.spec import BLOCK_ORDERS, BlockOptions
 from resnet_backbones.presets import FPN_BACKBONES, PRESETS, apply_preset, preset_config
 

@@ -12,7 +12,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from .backbone import ResNetFamily
+from .resnet import ResNetFamily
 from .spec import ResNetSpec, spec_from_config
 
 __all__ = ["ImageClassifier", "ResNetClassifier", "build_classifier"]

@@ -10,6 +10,11 @@ Registered in detectron2's ``BACKBONE_REGISTRY``:
 
 * ``build_rexnet_backbone``: the features of ``MODEL.REXNET.OUT_FEATURES``;
 * ``build_rexnet_fpn_backbone``: FPN P2..P6, as detectron2's ``build_resnet_fpn_backbone``.
+
+Its layers (:class:`ConvNormSiLU`, :class:`LinearBottleneck`)
+live here, beside the only network that uses them and the widths their weights depend on; what
+it shares with the ResNets (SE, rounding, zero-padding, the staged backbone) comes from
+:mod:`.ops` and :mod:`.base`.
 """
 
 from __future__ import annotations
@@ -21,14 +26,19 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
-from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling import BACKBONE_REGISTRY, FPN
 from torch import nn
 
-from ..utils import check_choice, check_positive_number
-from .backbone import resolve_norm
+from ..utils import (
+    PYTHON_NAMES,
+    ArgumentNames,
+    check_choice,
+    check_positive_int,
+    check_positive_number,
+)
+from .base import FEATURE_NAMES, StagedBackbone, fpn
 from .ops import SqueezeExcite, make_divisible, zero_pad_channels
-from .spec import FEATURE_NAMES
+from .resnet import resolve_norm
 
 __all__ = [
     "REXNET_GROUPS",
@@ -49,7 +59,6 @@ __all__ = [
 # detectron2.layers.get_norm names that work here. "GN" is left out: its 32 groups do not divide
 # ReXNet's widths (16, 27, 38 ...); "" (no norm) would leave the bias-free convs without a bias.
 REXNET_NORMS: tuple[str, ...] = ("FrozenBN", "BN", "SyncBN", "nnSyncBN", "naiveSyncBN")
-FREEZE_AT_VALUES = tuple(range(len(FEATURE_NAMES) + 1))
 
 # Widths of ReXNet-1.0x (the paper's Sec. 4.1; timm's RexNet defaults), scaled by width_mult.
 STEM_CHANNELS = 32  # the 3x3/2 stem conv
@@ -270,7 +279,7 @@ class LinearBottleneck(CNNBlockBase):
 # --------------------------------------------------------------------------------------------
 # Backbone
 # --------------------------------------------------------------------------------------------
-class ReXNet(Backbone):
+class ReXNet(StagedBackbone):
     """ReXNet with features "stem" and "res2".."res5" (strides 2 to 32).
 
     Every feature is a stage, an ``nn.Sequential`` of blocks: "stem" is the 3x3/2 conv and the
@@ -289,6 +298,7 @@ class ReXNet(Backbone):
         freeze_at: int = 0,
         norm: str = "BN",
         in_channels: int = 3,
+        names: ArgumentNames = PYTHON_NAMES,
     ):
         """
         Args:
@@ -301,37 +311,20 @@ class ReXNet(Backbone):
                 (their parameters stop requiring grad and their BNs become FrozenBN).
             norm: norm after every conv and inside the SE, one of :data:`REXNET_NORMS`.
             in_channels: channels of the input image.
+            names: how errors name the arguments (their config keys when built from a config).
 
         Raises:
-            ValueError: naming the config key, the bad value and the valid values.
+            ValueError: naming the argument, the bad value and the valid values.
         """
-        super().__init__()
-        check_positive_number("MODEL.REXNET.WIDTH_MULT", width_mult)
-        check_positive_number("depth_mult", depth_mult)
-        if isinstance(channel_divisor, bool) or not isinstance(channel_divisor, int):
-            raise ValueError(
-                f"channel_divisor = {channel_divisor!r} is not valid; it must be a positive integer"
-            )
-        check_positive_number("channel_divisor", channel_divisor)
-        check_choice("MODEL.REXNET.NORM", norm, REXNET_NORMS)
-        check_choice("MODEL.BACKBONE.FREEZE_AT", freeze_at, FREEZE_AT_VALUES)
-        if not out_features:
-            raise ValueError(
-                "MODEL.REXNET.OUT_FEATURES is empty; valid entries: "
-                + ", ".join(repr(n) for n in FEATURE_NAMES)
-            )
-        for name in out_features:
-            check_choice("MODEL.REXNET.OUT_FEATURES entry", name, FEATURE_NAMES)
-        deepest = max(FEATURE_NAMES.index(name) for name in out_features)
+        check_positive_number(names["width_mult"], width_mult)
+        check_positive_number(names["depth_mult"], depth_mult)
+        check_positive_int(names["channel_divisor"], channel_divisor)
+        check_choice(names["norm"], norm, REXNET_NORMS)
+        super().__init__(FEATURE_NAMES, out_features=out_features, freeze_at=freeze_at, names=names)
 
         blocks = rexnet_blocks(width_mult, depth_mult, channel_divisor)
         stem_channels = rexnet_stem_channels(width_mult, channel_divisor)
-        self.stage_names: list[str] = []
-        self.stages: list[nn.Sequential] = []
-        self._out_feature_strides: dict[str, int] = {}
-        self._out_feature_channels: dict[str, int] = {}
-        stride = 1
-        for name in FEATURE_NAMES[: deepest + 1]:
+        for name in self.stages_to_build:
             layers: list[CNNBlockBase] = []
             if name == "stem":
                 layers.append(
@@ -356,50 +349,17 @@ class ReXNet(Backbone):
                         layers[-1].out_channels, last_channels, kernel_size=1, stride=1, norm=norm
                     )
                 )
-            stage = nn.Sequential(*layers)
-            self.add_module(name, stage)
-            self.stage_names.append(name)
-            self.stages.append(stage)
-            for layer in layers:
-                stride *= layer.stride
-            self._out_feature_strides[name] = stride
-            self._out_feature_channels[name] = layers[-1].out_channels
-        self._out_features = list(out_features)
+            self.add_stage(
+                name,
+                nn.Sequential(*layers),
+                channels=layers[-1].out_channels,
+                stride=math.prod(layer.stride for layer in layers),
+            )
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 _init_conv(module)
         self.freeze(freeze_at)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"ReXNet takes (N, C, H, W) inputs; got shape {tuple(x.shape)}")
-        outputs = {}
-        for name, stage in zip(self.stage_names, self.stages):
-            x = stage(x)
-            if name in self._out_features:
-                outputs[name] = x
-        return outputs
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
-
-    def freeze(self, freeze_at: int = 0) -> ReXNet:
-        """Freezes the stem (freeze_at >= 1) and stage res{k} for every 2 <= k <= freeze_at.
-
-        Frozen blocks stop requiring grad and their BatchNorms become FrozenBatchNorm2d, as in
-        detectron2's ``ResNet.freeze``.
-        """
-        for index, stage in enumerate(self.stages, start=1):
-            if freeze_at >= index:
-                for block in stage.children():
-                    block.freeze()
-        return self
 
 
 @BACKBONE_REGISTRY.register()
@@ -413,6 +373,14 @@ def build_rexnet_backbone(cfg, input_shape: ShapeSpec) -> ReXNet:
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         norm=resolve_norm(r.NORM, "MODEL.REXNET.NORM"),
         in_channels=input_shape.channels,
+        names=ArgumentNames(
+            {
+                "width_mult": "MODEL.REXNET.WIDTH_MULT",
+                "norm": "MODEL.REXNET.NORM",
+                "out_features": "MODEL.REXNET.OUT_FEATURES",
+                "freeze_at": "MODEL.BACKBONE.FREEZE_AT",
+            }
+        ),
     )
 
 
@@ -420,11 +388,4 @@ def build_rexnet_backbone(cfg, input_shape: ShapeSpec) -> ReXNet:
 def build_rexnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """FPN P2..P6 on ReXNet (P6 by max-pooling P5), as detectron2's
     ``build_resnet_fpn_backbone``; reads ``cfg.MODEL.FPN``."""
-    return FPN(
-        bottom_up=build_rexnet_backbone(cfg, input_shape),
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return fpn(cfg, build_rexnet_backbone(cfg, input_shape))

@@ -6,7 +6,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
-from .backbone import build_res5_head, spec_for_build
+from .resnet import build_res5_head, spec_for_build
 
 __all__ = ["Res5FamilyROIHeads"]
 

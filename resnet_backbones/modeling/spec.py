@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..utils import check_choice, check_positive_int
+from .base import FEATURE_NAMES
 
 __all__ = [
     "BLOCK_ORDERS",
     "BLOCK_TYPES",
     "CIFAR_STAGE_WIDTHS",
     "DEPTHS",
-    "FEATURE_NAMES",
     "NORMS",
     "SHORTCUTS",
     "STAGE_NAMES",
@@ -32,8 +32,7 @@ __all__ = [
     "spec_from_config",
 ]
 
-STAGE_NAMES: tuple[str, ...] = ("res2", "res3", "res4", "res5")
-FEATURE_NAMES: tuple[str, ...] = ("stem",) + STAGE_NAMES
+STAGE_NAMES: tuple[str, ...] = FEATURE_NAMES[1:]
 BLOCK_TYPES: tuple[str, ...] = ("basic", "bottleneck")
 # "cifar" is the ResNet paper's CIFAR-10 stem (Sec. 4.2): one 3x3 stride-1 conv, no max-pool.
 STEM_TYPES: tuple[str, ...] = ("basic", "deep", "cifar")
@@ -441,18 +440,3 @@ def spec_from_config(cfg) -> ResNetSpec:
         deform_modulated=r.DEFORM_MODULATED,
         deform_num_groups=r.DEFORM_NUM_GROUPS,
     )
-
-
-def feature_names_up_to(
-    out_features: Sequence[str], available: Sequence[str] = FEATURE_NAMES
-) -> tuple[str, ...]:
-    """The stage names that must be built to produce ``out_features`` (res2 up to the deepest).
-
-    Args:
-        out_features: requested feature names.
-        available: the network's feature names ("stem" first); CIFAR networks stop at res4.
-    """
-    for name in out_features:
-        check_choice("MODEL.RESNETS.OUT_FEATURES entry", name, available)
-    deepest = max(available.index(name) for name in out_features)
-    return tuple(available[1 : deepest + 1])

@@ -1,4 +1,4 @@
-"""The ResNet-family backbone and its registered builders.
+"""The ResNet-family backbone, its C4 head stage and its registered builders.
 
 Registered in detectron2's ``BACKBONE_REGISTRY``:
 
@@ -14,16 +14,15 @@ import dataclasses
 import logging
 from typing import Sequence
 
-import torch
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, FPN
 from detectron2.utils import comm
 from torch import nn
 
-from ..utils import check_choice
+from ..utils import PYTHON_NAMES, ArgumentNames
+from .base import StagedBackbone, fpn, retinanet_fpn
 from .blocks import make_stage
-from .spec import ResNetSpec, feature_names_up_to, spec_from_config
+from .spec import ResNetSpec, spec_from_config
 from .stems import STEM_CLASSES
 
 __all__ = [
@@ -37,10 +36,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FREEZE_AT_VALUES = tuple(range(6))
 
-
-class ResNetFamily(Backbone):
+class ResNetFamily(StagedBackbone):
     """A stem and up to four stages res2..res5, built from a :class:`ResNetSpec`.
 
     Only the stages up to the deepest of ``out_features`` are built (a C4 backbone has no
@@ -54,6 +51,7 @@ class ResNetFamily(Backbone):
         out_features: Sequence[str] | None = None,
         freeze_at: int = 0,
         in_channels: int = 3,
+        names: ArgumentNames = PYTHON_NAMES,
     ):
         """
         Args:
@@ -63,71 +61,25 @@ class ResNetFamily(Backbone):
             freeze_at: 0 trains everything; k >= 1 freezes the stem and the first k-1 stages
                 (their parameters stop requiring grad and their BNs become FrozenBN).
             in_channels: channels of the input image.
+            names: how errors name ``out_features`` and ``freeze_at`` (their config keys when
+                built from a config).
         """
-        super().__init__()
-        check_choice("MODEL.BACKBONE.FREEZE_AT", freeze_at, FREEZE_AT_VALUES)
         if out_features is None:
             out_features = spec.feature_names[-1:]
-        stage_names = feature_names_up_to(out_features, spec.feature_names)
+        super().__init__(
+            spec.feature_names, out_features=out_features, freeze_at=freeze_at, names=names
+        )
         self.spec = spec
-        self.stem = STEM_CLASSES[spec.stem](
+        stem = STEM_CLASSES[spec.stem](
             in_channels, spec.stem_out_channels, norm=spec.options.norm, preact=spec.options.preact
         )
-
-        stride = self.stem.stride
-        self._out_feature_strides = {"stem": stride}
-        self._out_feature_channels = {"stem": spec.stem_out_channels}
-        self.stage_names: list[str] = []
-        self.stages: list[nn.Sequential] = []
+        self.add_stage("stem", stem, channels=spec.stem_out_channels, stride=stem.stride)
         for stage in spec.stages:
-            if stage.name not in stage_names:
+            if stage.name not in self.stages_to_build:
                 break
             blocks = make_stage(spec.block, stage, spec.options)
-            self.add_module(stage.name, blocks)
-            self.stage_names.append(stage.name)
-            self.stages.append(blocks)
-            stride *= stage.stride
-            self._out_feature_strides[stage.name] = stride
-            self._out_feature_channels[stage.name] = stage.out_channels
-        self._out_features = list(out_features)
+            self.add_stage(stage.name, blocks, channels=stage.out_channels, stride=stage.stride)
         self.freeze(freeze_at)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"ResNetFamily takes (N, C, H, W) inputs; got shape {tuple(x.shape)}")
-        outputs = {}
-        x = self.stem(x)
-        if "stem" in self._out_features:
-            outputs["stem"] = x
-        for name, stage in zip(self.stage_names, self.stages):
-            x = stage(x)
-            if name in self._out_features:
-                outputs[name] = x
-        return outputs
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
-
-    def freeze(self, freeze_at: int = 0) -> ResNetFamily:
-        """Freezes the stem (freeze_at >= 1) and stage res{k} for every k < freeze_at + 1.
-
-        Frozen modules stop requiring grad and their BatchNorms become FrozenBatchNorm2d, as in
-        detectron2's ``ResNet.freeze``.
-        """
-        if freeze_at >= 1:
-            self.stem.freeze()
-        for index, stage in enumerate(self.stages, start=2):
-            if freeze_at >= index:
-                # The whole stage, blocks and (pre-activation networks) its closing norm.
-                for p in stage.parameters():
-                    p.requires_grad = False
-                FrozenBatchNorm2d.convert_frozen_batchnorm(stage)
-        return self
 
 
 def resolve_norm(norm: str, key: str = "MODEL.RESNETS.NORM") -> str:
@@ -176,29 +128,19 @@ def build_resnet_family_backbone(cfg, input_shape: ShapeSpec) -> ResNetFamily:
         out_features=cfg.MODEL.RESNETS.OUT_FEATURES,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         in_channels=input_shape.channels,
-    )
-
-
-def _fpn(cfg, bottom_up: Backbone, top_block: nn.Module) -> FPN:
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=top_block,
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        names=ArgumentNames(
+            {"out_features": "MODEL.RESNETS.OUT_FEATURES", "freeze_at": "MODEL.BACKBONE.FREEZE_AT"}
+        ),
     )
 
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_family_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """FPN P2..P6 on the ResNet-family backbone (P6 by max-pooling P5)."""
-    return _fpn(cfg, build_resnet_family_backbone(cfg, input_shape), LastLevelMaxPool())
+    return fpn(cfg, build_resnet_family_backbone(cfg, input_shape))
 
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_family_retinanet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """FPN P3..P7 on the ResNet-family backbone (P6, P7 by strided convs on res5)."""
-    bottom_up = build_resnet_family_backbone(cfg, input_shape)
-    in_channels_p6p7 = bottom_up.output_shape()["res5"].channels
-    return _fpn(cfg, bottom_up, LastLevelP6P7(in_channels_p6p7, cfg.MODEL.FPN.OUT_CHANNELS))
+    return retinanet_fpn(cfg, build_resnet_family_backbone(cfg, input_shape))
