@@ -60,6 +60,15 @@ def test_published_comparison_is_pinned_and_agrees_with_the_publications():
             assert abs(gmacs - PAPER_GMACS[row["preset"]]) < 0.1, row
 
 
+def test_counting_does_not_seed_the_global_generator():
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        preset_complexity("CIFAR-ResNet-20")
+        draws.append(torch.rand(3))
+    assert not torch.equal(draws[0], draws[1])
+
+
 def test_the_counter_equals_a_hand_count():
     conv = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)  # 16 x 5x5 outputs, 8x3x3 each
     model = nn.Sequential(conv, nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1))

@@ -6,23 +6,27 @@ Registered in detectron2's ``BACKBONE_REGISTRY``:
 * ``build_resnet_family_fpn_backbone``: FPN P2..P6, as detectron2's ``build_resnet_fpn_backbone``;
 * ``build_resnet_family_retinanet_fpn_backbone``: FPN P3..P7, as
   detectron2's ``build_retinanet_resnet_fpn_backbone``.
+
+The builders read nothing themselves: :mod:`resnet_backbones.config` turns ``cfg`` into the
+typed arguments of :class:`ResNetFamily`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Sequence
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN
-from detectron2.utils import comm
 from torch import nn
 
+# The module, not its names: resnet_backbones.config imports this package (a cycle that
+# resolves because the builders use it only when called).
+from .. import config
 from ..utils import PYTHON_NAMES, ArgumentNames
 from .base import StagedBackbone, fpn, retinanet_fpn
 from .blocks import make_stage
-from .spec import ResNetSpec, spec_from_config
+from .spec import ResNetSpec
 from .stems import STEM_CLASSES
 
 __all__ = [
@@ -31,10 +35,7 @@ __all__ = [
     "build_resnet_family_backbone",
     "build_resnet_family_fpn_backbone",
     "build_resnet_family_retinanet_fpn_backbone",
-    "resolve_norm",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 class ResNetFamily(StagedBackbone):
@@ -82,28 +83,6 @@ class ResNetFamily(StagedBackbone):
         self.freeze(freeze_at)
 
 
-def resolve_norm(norm: str, key: str = "MODEL.RESNETS.NORM") -> str:
-    """SyncBN needs a distributed run; in a single process it falls back to BN, with a warning
-    naming the config ``key``."""
-    if norm == "SyncBN" and comm.get_world_size() == 1:
-        logger.warning(
-            "%s = 'SyncBN' needs a distributed run, but this one has a single "
-            "process; using 'BN' (per-process batch statistics) instead.",
-            key,
-        )
-        return "BN"
-    return norm
-
-
-def spec_for_build(cfg) -> ResNetSpec:
-    """The spec of ``cfg``, with the norm resolved for this run."""
-    spec = spec_from_config(cfg)
-    norm = resolve_norm(spec.options.norm)
-    if norm != spec.options.norm:
-        spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, norm=norm))
-    return spec
-
-
 def build_res5_head(spec: ResNetSpec) -> tuple[nn.Sequential, int]:
     """The res5 stage of the C4 head, from the backbone's own block type and options.
 
@@ -123,15 +102,7 @@ def build_res5_head(spec: ResNetSpec) -> tuple[nn.Sequential, int]:
 @BACKBONE_REGISTRY.register()
 def build_resnet_family_backbone(cfg, input_shape: ShapeSpec) -> ResNetFamily:
     """res2..res5 of the network described by ``cfg.MODEL.RESNETS``."""
-    return ResNetFamily(
-        spec_for_build(cfg),
-        out_features=cfg.MODEL.RESNETS.OUT_FEATURES,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        in_channels=input_shape.channels,
-        names=ArgumentNames(
-            {"out_features": "MODEL.RESNETS.OUT_FEATURES", "freeze_at": "MODEL.BACKBONE.FREEZE_AT"}
-        ),
-    )
+    return ResNetFamily(**config.resnet_family_arguments(cfg), in_channels=input_shape.channels)
 
 
 @BACKBONE_REGISTRY.register()

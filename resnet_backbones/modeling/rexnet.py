@@ -11,7 +11,8 @@ Registered in detectron2's ``BACKBONE_REGISTRY``:
 * ``build_rexnet_backbone``: the features of ``MODEL.REXNET.OUT_FEATURES``;
 * ``build_rexnet_fpn_backbone``: FPN P2..P6, as detectron2's ``build_resnet_fpn_backbone``.
 
-Its layers (:class:`ConvNormSiLU`, :class:`LinearBottleneck`)
+The builders read nothing themselves: :mod:`resnet_backbones.config` turns ``cfg`` into the
+typed arguments of :class:`ReXNet`. Its layers (:class:`ConvNormSiLU`, :class:`LinearBottleneck`)
 live here, beside the only network that uses them and the widths their weights depend on; what
 it shares with the ResNets (SE, rounding, zero-padding, the staged backbone) comes from
 :mod:`.ops` and :mod:`.base`.
@@ -29,6 +30,8 @@ from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, FPN
 from torch import nn
 
+# The module, not its names: resnet_backbones.config imports this package (see resnet.py).
+from .. import config
 from ..utils import (
     PYTHON_NAMES,
     ArgumentNames,
@@ -38,7 +41,6 @@ from ..utils import (
 )
 from .base import FEATURE_NAMES, StagedBackbone, fpn
 from .ops import SqueezeExcite, make_divisible, zero_pad_channels
-from .resnet import resolve_norm
 
 __all__ = [
     "REXNET_GROUPS",
@@ -366,22 +368,7 @@ class ReXNet(StagedBackbone):
 def build_rexnet_backbone(cfg, input_shape: ShapeSpec) -> ReXNet:
     """ReXNet from ``cfg.MODEL.REXNET`` (WIDTH_MULT, OUT_FEATURES, NORM) and
     ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
-    r = cfg.MODEL.REXNET
-    return ReXNet(
-        width_mult=r.WIDTH_MULT,
-        out_features=r.OUT_FEATURES,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        norm=resolve_norm(r.NORM, "MODEL.REXNET.NORM"),
-        in_channels=input_shape.channels,
-        names=ArgumentNames(
-            {
-                "width_mult": "MODEL.REXNET.WIDTH_MULT",
-                "norm": "MODEL.REXNET.NORM",
-                "out_features": "MODEL.REXNET.OUT_FEATURES",
-                "freeze_at": "MODEL.BACKBONE.FREEZE_AT",
-            }
-        ),
-    )
+    return ReXNet(**config.rexnet_arguments(cfg), in_channels=input_shape.channels)
 
 
 @BACKBONE_REGISTRY.register()

@@ -185,11 +185,9 @@ def config_yaml(config: Mapping[str, Any]) -> str:
 
 def build_backbone(arch: Arch) -> nn.Module:
     """The backbone ``arch.config`` builds (res2..res5, nothing frozen), with fresh weights."""
-    from detectron2.layers import ShapeSpec
-    from detectron2.modeling import BACKBONE_REGISTRY
+    from ..config import build_clean_backbone
 
-    cfg = arch_config(arch)
-    return BACKBONE_REGISTRY.get(arch.backbone)(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+    return build_clean_backbone(arch_config(arch))
 
 
 def arch_config(arch: Arch):
@@ -197,13 +195,10 @@ def arch_config(arch: Arch):
     nothing frozen, on the CPU."""
     from detectron2.config import get_cfg
 
-    from ..config import add_resnet_backbones_config
+    from ..config import add_resnet_backbones_config, clean_backbone_config
 
     cfg = add_resnet_backbones_config(get_cfg())
     cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.REXNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.merge_from_other_cfg(cfg.load_cfg(config_yaml(arch.config)))
     cfg.MODEL.BACKBONE.NAME = arch.backbone
-    return cfg
+    return clean_backbone_config(cfg)
