@@ -18,14 +18,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import build_backbone
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
+from .config import build_clean_backbone, clean_backbone_config
 from .modeling.classifier import build_classifier
 from .presets import PRESETS, arch_config, preset_config
+from .utils import config_set
 
 __all__ = [
     "CLASSIFICATION_SIZE",
@@ -119,18 +119,14 @@ def count_macs(model: nn.Module, input_size: Sequence[int], in_channels: int = 3
     return int(total)
 
 
-def _trainable_norms(cfg):
-    # FrozenBN holds its affine weights as buffers; BN has the same ones as parameters.
-    if cfg.MODEL.RESNETS.NORM == "FrozenBN":
-        cfg.MODEL.RESNETS.NORM = "BN"
-    if cfg.MODEL.REXNET.NORM == "FrozenBN":
-        cfg.MODEL.REXNET.NORM = "BN"
-    return cfg
+def _counted_config(cfg):
+    # The network of cfg as the counts see it: a plain backbone, nothing frozen, and BN for
+    # FrozenBN (which holds as buffers the affine weights BN has as parameters).
+    return clean_backbone_config(cfg, trainable_norms=True)
 
 
 def _classifier_counts(cfg, size: tuple[int, int], num_classes: int) -> dict[str, Any]:
     """Parameters and MACs of the classifier of ``cfg``'s backbone on a ``size`` image."""
-    torch.manual_seed(0)
     model = build_classifier(cfg, num_classes=num_classes)
     return {
         "input": list(size),
@@ -147,18 +143,8 @@ def arch_complexity(name: str) -> dict[str, Any]:
     Returns:
         ``{"input": [224, 224], "num_classes": 1000, "params": p, "macs": m}``.
     """
-    cfg = _trainable_norms(arch_config(name))
+    cfg = _counted_config(arch_config(name))
     return _classifier_counts(cfg, CLASSIFICATION_SIZE["detection"], 1000)
-
-
-def _detection_backbone(cfg) -> nn.Module:
-    cfg = cfg.clone()
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    if cfg.MODEL.BACKBONE.NAME == "build_rexnet_backbone":
-        cfg.MODEL.REXNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    else:
-        cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    return build_backbone(cfg, ShapeSpec(channels=3))
 
 
 def preset_complexity(name: str) -> dict[str, Any]:
@@ -170,11 +156,11 @@ def preset_complexity(name: str) -> dict[str, Any]:
         "macs": ...}`` (res2..res5, as FPN reads them).
     """
     preset = PRESETS[name]
-    cfg = _trainable_norms(preset_config(name))
+    cfg = _counted_config(preset_config(name))
     size = CLASSIFICATION_SIZE[preset.task]
     out: dict[str, Any] = {"classifier": _classifier_counts(cfg, size, preset.num_classes)}
     if preset.task == "detection":
-        backbone = _detection_backbone(cfg)
+        backbone = build_clean_backbone(cfg, features="all")
         out["detection_backbone"] = {
             "input": list(DETECTION_SIZE),
             "params": count_parameters(backbone),
@@ -220,8 +206,8 @@ def published_comparison() -> list[dict[str, Any]]:
             paper = {"params": None, "gmacs": PAPER_GMACS[name]}
             placements.insert(0, ("1x1", "ResNet paper, Table 1", paper))
         for stride_in, source, published in placements:
-            cfg = _trainable_norms(preset_config(name))
-            cfg.MODEL.RESNETS.STRIDE_IN_1X1 = stride_in == "1x1"
+            cfg = _counted_config(preset_config(name))
+            config_set(cfg, "MODEL.RESNETS.STRIDE_IN_1X1", stride_in == "1x1")
             counts = _classifier_counts(cfg, CLASSIFICATION_SIZE["detection"], 1000)
             rows.append(
                 {

@@ -1,10 +1,53 @@
-"""Config keys that resnet_backbones adds to detectron2's ``MODEL.RESNETS``."""
+"""The config edge of resnet_backbones: the keys it adds to detectron2's config, and the one
+place that reads ``MODEL.RESNETS`` and ``MODEL.REXNET``.
+
+* :func:`add_resnet_backbones_config` declares our keys, one comment each;
+* :func:`resnet_spec_from_config` turns ``MODEL.RESNETS`` into a validated, fully resolved
+  :class:`~resnet_backbones.modeling.ResNetSpec` (the norm too: SyncBN -> BN in a single
+  process); :func:`resnet_family_arguments` and :func:`rexnet_arguments` are the keyword
+  arguments of ``ResNetFamily`` and ``ReXNet``, which the registered builders pass on;
+* :func:`clean_backbone_config` / :func:`build_clean_backbone`: the same network as a plain
+  backbone with nothing frozen (classifiers, complexity counts, weight conversion).
+
+The typed API (``resnet_spec``, ``ResNetFamily``, ``ReXNet``) names its Python arguments in its
+errors; this module hands it the config keys instead (:data:`RESNETS_NAMES`,
+:data:`REXNET_NAMES`), so the same check says ``MODEL.RESNETS.DEPTH = 77 is not valid`` here and
+``depth = 77 is not valid`` to a Python caller.
+"""
 
 from __future__ import annotations
 
-from detectron2.config import CfgNode
+import logging
+from typing import Any, Literal
 
-__all__ = ["OPTIMIZERS", "add_resnet_backbones_config"]
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.utils import comm
+
+# The edge depends on the typed API, not the other way round: the registered builders in
+# resnet_backbones.modeling call this module through `from .. import config`, at build time.
+from .modeling.base import FEATURE_NAMES
+from .modeling.spec import ResNetSpec, resnet_spec
+from .utils import ArgumentNames, check_choice, config_get
+
+__all__ = [
+    "FPN_BACKBONES",
+    "OPTIMIZERS",
+    "PLAIN_BACKBONES",
+    "RESNETS_ARGUMENTS",
+    "RESNETS_NAMES",
+    "REXNET_NAMES",
+    "add_resnet_backbones_config",
+    "build_clean_backbone",
+    "clean_backbone_config",
+    "resnet_family_arguments",
+    "resnet_spec_from_config",
+    "resolve_norm",
+    "rexnet_arguments",
+]
+
+logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("SGD", "AdamW")
 
@@ -66,3 +109,169 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
         # Trainer. The CPU quickstart trains from scratch, where AdamW converges faster.
         cfg.SOLVER.OPTIMIZER = "SGD"
     return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the keys: config -> the typed arguments of the backbones
+# --------------------------------------------------------------------------------------------
+_FREEZE_AT_KEY = "MODEL.BACKBONE.FREEZE_AT"
+# The arguments of resnet_spec; each is read from the MODEL.RESNETS key of its name, upper-case.
+RESNETS_ARGUMENTS: tuple[str, ...] = (
+    "depth",
+    "stem",
+    "stem_out_channels",
+    "res2_out_channels",
+    "num_groups",
+    "width_per_group",
+    "res5_dilation",
+    "norm",
+    "stride_in_1x1",
+    "shortcut",
+    "block_order",
+    "avg_down",
+    "zero_init_residual",
+    "res2net_scale",
+    "res2net_width",
+    "se_ratio",
+    "dropout",
+    "widen_factor",
+    "deform_on_per_stage",
+    "deform_modulated",
+    "deform_num_groups",
+)
+# The keys errors name for the arguments of resnet_spec and ResNetFamily.
+RESNETS_NAMES = ArgumentNames(
+    {
+        **{arg: f"MODEL.RESNETS.{arg.upper()}" for arg in RESNETS_ARGUMENTS + ("out_features",)},
+        "freeze_at": _FREEZE_AT_KEY,
+    }
+)
+# The keys errors name for the arguments of ReXNet (depth_mult and channel_divisor have none:
+# configs build timm's rexnet_* networks, whose depth_mult is 1 and channel_divisor 1).
+REXNET_NAMES = ArgumentNames(
+    {
+        **{arg: f"MODEL.REXNET.{arg.upper()}" for arg in ("width_mult", "norm", "out_features")},
+        "freeze_at": _FREEZE_AT_KEY,
+    }
+)
+
+
+def resolve_norm(norm: str, key: str) -> str:
+    """The norm ``norm`` stands for in this run: SyncBN needs a distributed run, so in a single
+    process it falls back to BN, with a warning naming the config ``key``."""
+    if norm == "SyncBN" and comm.get_world_size() == 1:
+        logger.warning(
+            "%s = 'SyncBN' needs a distributed run, but this one has a single "
+            "process; using 'BN' (per-process batch statistics) instead.",
+            key,
+        )
+        return "BN"
+    return norm
+
+
+def _resnet_spec(cfg: CfgNode, *, resolve: bool) -> ResNetSpec:
+    arguments = {arg: config_get(cfg, RESNETS_NAMES[arg]) for arg in RESNETS_ARGUMENTS}
+    if resolve:
+        arguments["norm"] = resolve_norm(arguments["norm"], RESNETS_NAMES["norm"])
+    return resnet_spec(**arguments, names=RESNETS_NAMES)
+
+
+def resnet_spec_from_config(cfg: CfgNode) -> ResNetSpec:
+    """The network of ``cfg.MODEL.RESNETS`` (extended by :func:`add_resnet_backbones_config`),
+    with the norm resolved for this run (:func:`resolve_norm`).
+
+    Raises:
+        ValueError: naming the config key, the bad value and the valid values, or the
+            combination that is not defined and why.
+    """
+    return _resnet_spec(cfg, resolve=True)
+
+
+def resnet_family_arguments(cfg: CfgNode) -> dict[str, Any]:
+    """The keyword arguments of ``ResNetFamily`` for ``cfg`` (all but ``in_channels``, which
+    the input shape gives): the spec, ``OUT_FEATURES``, ``FREEZE_AT`` and the key names."""
+    return {
+        "spec": resnet_spec_from_config(cfg),
+        "out_features": cfg.MODEL.RESNETS.OUT_FEATURES,
+        "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+        "names": RESNETS_NAMES,
+    }
+
+
+def rexnet_arguments(cfg: CfgNode) -> dict[str, Any]:
+    """The keyword arguments of ``ReXNet`` for ``cfg`` (all but ``in_channels``): ``MODEL.REXNET``
+    with the norm resolved for this run, ``FREEZE_AT`` and the key names."""
+    r = cfg.MODEL.REXNET
+    return {
+        "width_mult": r.WIDTH_MULT,
+        "out_features": r.OUT_FEATURES,
+        "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+        "norm": resolve_norm(r.NORM, REXNET_NAMES["norm"]),
+        "names": REXNET_NAMES,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The builders, and a clean backbone of a config
+# --------------------------------------------------------------------------------------------
+# A plain backbone builder -> the builder of the same network under an FPN.
+FPN_BACKBONES: dict[str, str] = {
+    "build_resnet_family_backbone": "build_resnet_family_fpn_backbone",
+    "build_rexnet_backbone": "build_rexnet_fpn_backbone",
+}
+# Every registered backbone builder of the package -> the plain builder of its network.
+PLAIN_BACKBONES: dict[str, str] = {
+    **{plain: plain for plain in FPN_BACKBONES},
+    **{fpn: plain for plain, fpn in FPN_BACKBONES.items()},
+    "build_resnet_family_retinanet_fpn_backbone": "build_resnet_family_backbone",
+}
+
+
+def clean_backbone_config(
+    cfg: CfgNode,
+    *,
+    features: Literal["all", "last"] = "all",
+    trainable_norms: bool = False,
+) -> CfgNode:
+    """A copy of ``cfg`` that builds the same network as a plain backbone with nothing frozen.
+
+    Args:
+        cfg: a config whose ``MODEL.BACKBONE.NAME`` is one of :data:`PLAIN_BACKBONES`.
+        features: "all": every stage after the stem (res2..res5; res2..res4 for a CIFAR
+            network), as an FPN reads them; "last": the last stage only, as a classifier pools.
+        trainable_norms: FrozenBN becomes BN, whose affine weights are parameters (FrozenBN
+            keeps the same ones as buffers).
+
+    Returns:
+        the copy, with the plain builder of an FPN builder and ``FREEZE_AT`` 0.
+
+    Raises:
+        ValueError: ``features`` or ``MODEL.BACKBONE.NAME`` is not valid, or the network is not.
+    """
+    check_choice("features", features, ("all", "last"))
+    check_choice("MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME, PLAIN_BACKBONES)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.NAME = PLAIN_BACKBONES[cfg.MODEL.BACKBONE.NAME]
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    if cfg.MODEL.BACKBONE.NAME == "build_rexnet_backbone":
+        section, stages = cfg.MODEL.REXNET, FEATURE_NAMES[1:]
+    else:
+        section, stages = cfg.MODEL.RESNETS, _resnet_spec(cfg, resolve=False).feature_names[1:]
+    section.OUT_FEATURES = list(stages) if features == "all" else [stages[-1]]
+    if trainable_norms and section.NORM == "FrozenBN":
+        section.NORM = "BN"
+    return cfg
+
+
+def build_clean_backbone(
+    cfg: CfgNode,
+    *,
+    features: Literal["all", "last"] = "all",
+    trainable_norms: bool = False,
+) -> Backbone:
+    """The backbone of :func:`clean_backbone_config` (same arguments), with fresh weights, built
+    through detectron2's registry for images of ``len(cfg.MODEL.PIXEL_MEAN)`` channels."""
+    cfg = clean_backbone_config(cfg, features=features, trainable_norms=trainable_norms)
+    input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
+    return BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, input_shape)

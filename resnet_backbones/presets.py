@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 
 from detectron2.config import CfgNode, get_cfg
 
-from .config import add_resnet_backbones_config
+from .config import FPN_BACKBONES, add_resnet_backbones_config
 from .utils import check_choice, config_set
 
 __all__ = [
@@ -39,11 +39,6 @@ __all__ = [
 
 # detectron2's three Faster R-CNN forms (configs/Base-RCNN-{C4,DilatedC5,FPN}.yaml).
 DETECTOR_FORMS: tuple[str, ...] = ("C4", "DC5", "FPN")
-# A plain backbone builder -> the builder of the same network under an FPN.
-FPN_BACKBONES: dict[str, str] = {
-    "build_resnet_family_backbone": "build_resnet_family_fpn_backbone",
-    "build_rexnet_backbone": "build_rexnet_fpn_backbone",
-}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Small helpers that several parts of the package share, each written once.
 
-* validators whose errors name the key, the bad value and the valid ones;
+* validators whose errors name the key, the bad value and the valid ones, and
+  :class:`ArgumentNames`, which says how a typed API's errors name its arguments (the Python
+  name, or the config key it was read from);
 * :func:`first_n`, the "first N names ..." of long lists in messages;
 * dotted config keys (``"MODEL.RESNETS.DEPTH"``): read, write, and turn into YAML;
 * :func:`atomic_write`: a file appears whole under its name, or not at all;
@@ -14,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from types import MappingProxyType
 from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 
 __all__ = [
     "CACHE_ROOT_ENV",
+    "PYTHON_NAMES",
+    "ArgumentNames",
     "atomic_write",
     "cache_root",
     "check_choice",
@@ -56,6 +61,39 @@ def check_positive_number(key: str, value: Any) -> None:
     """Raises ValueError unless ``value`` is an int or float (not a bool) above zero."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{key} = {value!r} is not valid; it must be a positive number")
+
+
+class ArgumentNames:
+    """How error messages name a typed API's arguments: by their Python names (the default), or
+    by the config keys they were read from.
+
+    ``names["depth"]`` is the full name ("depth", or "MODEL.RESNETS.DEPTH");
+    ``names.short("depth")`` is how a message refers to it again after a full name ("depth", or
+    "DEPTH"). An argument without a key keeps its Python name. The typed API formats every
+    message through the names it is given, so one check serves both the Python caller and the
+    config user.
+    """
+
+    def __init__(self, keys: Mapping[str, str] | None = None):
+        """
+        Args:
+            keys: argument name -> the name messages should use for it (a config key).
+        """
+        self.keys: Mapping[str, str] = MappingProxyType(dict(keys or {}))
+
+    def __getitem__(self, argument: str) -> str:
+        return self.keys.get(argument, argument)
+
+    def short(self, argument: str) -> str:
+        """The last part of the name (``"DEPTH"`` for ``"MODEL.RESNETS.DEPTH"``)."""
+        return self[argument].rsplit(".", 1)[-1]
+
+    def __repr__(self) -> str:
+        return f"ArgumentNames({dict(self.keys)!r})"
+
+
+# Errors of the typed API name its Python arguments unless given other names.
+PYTHON_NAMES = ArgumentNames()
 
 
 def first_n(items: Sequence[Any], n: int, separator: str = ", ", *, total: bool = False) -> str:

@@ -15,6 +15,21 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml")
 STAGES = ["res2", "res3", "res4", "res5"]
+# The base config of each Faster R-CNN form.
+BASE_CONFIGS = {
+    "C4": "Base-RCNN-C4.yaml",
+    "DC5": "Base-RCNN-DilatedC5.yaml",
+    "FPN": "Base-RCNN-FPN.yaml",
+}
+
+
+def preset_forms() -> list[tuple[str, str]]:
+    """(preset, form) for every detection preset and every Faster R-CNN form it claims."""
+    from resnet_backbones.presets import PRESETS
+
+    return [(n, f) for n, p in PRESETS.items() for f in p.forms]
+
+
 # torchvision's and timm's input: RGB, normalised by the ImageNet mean and std (x 255).
 TORCHVISION_INPUT = [
     "INPUT.FORMAT", "RGB",

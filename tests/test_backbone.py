@@ -11,7 +11,8 @@ from detectron2.modeling import build_backbone, build_model
 from torch import nn
 
 from resnet_backbones.modeling import DEPTHS, ResNetFamily, resnet_spec
-from resnet_backbones.modeling.layers import AvgDownConv2d, BasicBlock, ZeroPadShortcut
+from resnet_backbones.modeling.blocks import BasicBlock
+from resnet_backbones.modeling.ops import AvgDownConv2d, ZeroPadShortcut
 
 ALL_FEATURES = ["stem", "res2", "res3", "res4", "res5"]
 

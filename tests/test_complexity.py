@@ -20,10 +20,10 @@ from resnet_backbones.complexity import (
     preset_complexity,
     published_comparison,
 )
-from resnet_backbones.modeling.layers import DeformConv2d
+from resnet_backbones.modeling.ops import DeformConv2d
 from resnet_backbones.presets import ARCHS, PRESETS
 
-from .conftest import REPO
+from .helpers import REPO
 
 with open(os.path.join(REPO, "docs", "model_complexity.json"), encoding="utf-8") as _f:
     PINNED = json.load(_f)
@@ -57,6 +57,15 @@ def test_published_comparison_is_pinned_and_agrees_with_the_publications():
             # The paper prints one decimal, with the stride in the 1x1 conv: 3.86, 7.57, 11.28.
             assert row["stride_in"] == "1x1"
             assert abs(gmacs - PAPER_GMACS[row["preset"]]) < 0.1, row
+
+
+def test_counting_does_not_seed_the_global_generator():
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        preset_complexity("CIFAR-ResNet-20")
+        draws.append(torch.rand(3))
+    assert not torch.equal(draws[0], draws[1])
 
 
 def test_the_counter_equals_a_hand_count():

@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 
 from resnet_backbones.engine import load_config
 
-from .conftest import REPO
+from .helpers import REPO
 
 CONFIGS = sorted(
     os.path.relpath(p, REPO)

@@ -12,12 +12,11 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from resnet_backbones.engine import load_config
-from resnet_backbones.modeling.layers import BottleneckBlock
+from resnet_backbones.modeling.blocks import BottleneckBlock
 from resnet_backbones.modeling.spec import BlockOptions
 from resnet_backbones.presets import apply_preset
 
-from .conftest import REPO, randomize_norm_statistics
-from .test_family import BASE_CONFIGS, PRESET_FORMS
+from .helpers import BASE_CONFIGS, REPO, preset_forms, randomize_norm_statistics
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -55,7 +54,7 @@ def test_a_dcn_block_computes_the_same_on_the_gpu_as_on_the_cpu(modulated):
     assert block.conv2_offset.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name, form", PRESET_FORMS)
+@pytest.mark.parametrize("name, form", preset_forms())
 def test_every_preset_trains_a_step_on_the_gpu_in_every_form_it_claims(name, form):
     cfg = load_config(os.path.join(REPO, "configs", BASE_CONFIGS[form]))
     apply_preset(cfg, name)

@@ -3,7 +3,6 @@ the same features and the same detections once the weights are copied across."""
 
 import pickle
 
-import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -11,9 +10,8 @@ from detectron2.config import get_cfg
 from detectron2.modeling import ResNet, build_model
 
 from resnet_backbones import ResNetFamily, add_resnet_backbones_config
-from resnet_backbones.data.shapes import SPLITS, generate_image
 
-from .conftest import randomize_norm_statistics
+from .helpers import detection_image, randomize_norm_statistics, to_caffe2_names
 
 # Our registered names -> detectron2's built-in ones, per detector form.
 BUILTIN = {
@@ -40,12 +38,6 @@ def _fresh_cfg():
     return c
 
 
-def _image():
-    image, _ = generate_image(SPLITS["val"], 1, 3)
-    bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
-    return {"image": torch.as_tensor(bgr.transpose(2, 0, 1).copy()), "height": 256, "width": 256}
-
-
 @pytest.mark.parametrize("depth", [50, 101])
 @pytest.mark.parametrize("form", ["C4", "DilatedC5", "FPN"])
 def test_same_parameters_features_and_detections_as_detectron2(cfg, form, depth):
@@ -65,7 +57,7 @@ def test_same_parameters_features_and_detections_as_detectron2(cfg, form, depth)
     assert {k: v.shape for k, v in our_state.items()} == {k: v.shape for k, v in ref_state.items()}
     ours.load_state_dict(ref_state, strict=True)
 
-    inputs = [_image()]
+    inputs = [detection_image()]
     with torch.no_grad():
         images = reference.preprocess_image(inputs)
         ref_features = reference.backbone(images.tensor)
@@ -83,25 +75,6 @@ def test_same_parameters_features_and_detections_as_detectron2(cfg, form, depth)
     assert torch.equal(our_out.pred_classes, ref_out.pred_classes)
 
 
-def _to_caffe2_names(backbone_state):
-    """Names of the MSRA/Caffe2 ImageNet .pkl files (res2_0_branch2a_w ...) for a ResNet state."""
-    blobs = {}
-    suffix = {"weight": "w", "norm.weight": "bn_s", "norm.bias": "bn_b"}
-    layer = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c", "shortcut": "branch1"}
-    for name, tensor in backbone_state.items():
-        parts = name.split(".")
-        if parts[-1] in ("running_mean", "running_var"):
-            continue  # MSRA files hold the affine scale and bias only
-        if parts[0] == "stem":
-            rest = ".".join(parts[2:])
-            c2 = "conv1_w" if rest == "weight" else "res_conv1_" + suffix[rest]
-        else:
-            stage, block, conv, rest = parts[0], parts[1], parts[2], ".".join(parts[3:])
-            c2 = f"{stage}_{block}_{layer[conv]}_{suffix[rest]}"
-        blobs[c2] = tensor.numpy()
-    return blobs
-
-
 def test_msra_pkl_and_detectron2_pkl_load_unchanged(cfg, tmp_path):
     """An MSRA ImageNet .pkl (Caffe2 names) and a detectron2 model_final .pkl (numpy arrays under
     "model") load through detectron2's own checkpointer into our default R-50 models."""
@@ -113,7 +86,7 @@ def test_msra_pkl_and_detectron2_pkl_load_unchanged(cfg, tmp_path):
 
     msra = tmp_path / "R-50.pkl"
     with open(msra, "wb") as f:
-        pickle.dump(_to_caffe2_names(bottom_up), f)
+        pickle.dump(to_caffe2_names(bottom_up), f)
     DetectionCheckpointer(ours).load(str(msra))
     loaded = ours.backbone.bottom_up.state_dict()
     for name, tensor in bottom_up.items():

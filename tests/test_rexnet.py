@@ -12,7 +12,7 @@ from resnet_backbones.modeling import ReXNet
 from resnet_backbones.modeling.rexnet import rexnet_blocks
 from resnet_backbones.weights.mappings import to_backbone
 
-from .conftest import randomize_norm_statistics
+from .helpers import randomize_norm_statistics
 
 timm = pytest.importorskip("timm")
 
@@ -116,7 +116,9 @@ def test_output_shape_equals_the_outputs(out_features):
 
 def test_only_the_needed_stages_are_built():
     backbone = ReXNet(out_features=["res3"])
-    assert backbone.stage_names == ["stem", "res2", "res3"]
+    # As detectron2's ResNet: stage_names are the stages after the stem.
+    assert backbone.stage_names == ["res2", "res3"]
+    assert [name for name, _ in backbone.named_children()] == ["stem", "res2", "res3"]
     assert not hasattr(backbone, "res4")
 
 
@@ -124,7 +126,8 @@ def test_only_the_needed_stages_are_built():
 def test_freeze_at(freeze_at):
     """Stem is frozen from 1, res{k} from k; frozen = no grad, and BN becomes FrozenBN."""
     backbone = ReXNet(out_features=FEATURES, freeze_at=freeze_at, norm="BN")
-    for index, (name, stage) in enumerate(zip(backbone.stage_names, backbone.stages), start=1):
+    parts = [("stem", backbone.stem), *zip(backbone.stage_names, backbone.stages)]
+    for index, (name, stage) in enumerate(parts, start=1):
         frozen = freeze_at >= index
         assert all(p.requires_grad != frozen for p in stage.parameters()), name
         norms = [m for m in stage.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]

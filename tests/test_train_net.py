@@ -10,44 +10,19 @@ import sys
 
 import pytest
 import torch
-from detectron2.data import DatasetCatalog
-from detectron2.data.datasets import register_coco_instances
 
-from resnet_backbones.data.shapes import ShapesConfig, ensure_shapes
 from resnet_backbones.engine import DatasetNotFoundError, Trainer, check_datasets, load_config
 
-from .conftest import REPO
-
-QUICKSTART = os.path.join(REPO, "configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml")
-TINY = ShapesConfig(num_images=6, seed=11)
+from .helpers import QUICKSTART, REPO, tiny_cfg, tiny_shapes
 
 
 @pytest.fixture(scope="module")
 def tiny_datasets():
-    root = ensure_shapes("val", TINY)
-    for name in ("shapes_tiny_train", "shapes_tiny_val"):
-        if name not in DatasetCatalog.list():
-            register_coco_instances(name, {}, str(root / "annotations.json"), str(root / "images"))
-    return "shapes_tiny_train", "shapes_tiny_val"
-
-
-def _tiny_cfg(tmp_path, train, val, max_iter=2):
-    return load_config(
-        QUICKSTART,
-        [
-            "DATASETS.TRAIN", f"('{train}',)",
-            "DATASETS.TEST", f"('{val}',)",
-            "SOLVER.IMS_PER_BATCH", "2",
-            "SOLVER.MAX_ITER", str(max_iter),
-            "SOLVER.CHECKPOINT_PERIOD", "1",
-            "DATALOADER.NUM_WORKERS", "0",
-            "OUTPUT_DIR", str(tmp_path),
-        ],
-    )  # fmt: skip
+    return tiny_shapes()
 
 
 def test_short_train_then_pycocotools_evaluation(tmp_path, tiny_datasets):
-    cfg = _tiny_cfg(tmp_path, *tiny_datasets)
+    cfg = tiny_cfg(tmp_path, *tiny_datasets)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -60,7 +35,7 @@ def test_short_train_then_pycocotools_evaluation(tmp_path, tiny_datasets):
     assert os.path.isfile(tmp_path / "model_final.pth")
 
     # An interrupted run resumes from its last checkpoint instead of starting over.
-    cfg = _tiny_cfg(tmp_path, *tiny_datasets, max_iter=3)
+    cfg = tiny_cfg(tmp_path, *tiny_datasets, max_iter=3)
     resumed = Trainer(cfg)
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 2

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, build_model
+from detectron2.modeling import build_model
 
+from resnet_backbones.config import build_clean_backbone, clean_backbone_config
 from resnet_backbones.engine import load_config
 from resnet_backbones.modeling import build_classifier
 from resnet_backbones.presets import ARCHS, PRESETS, arch_config
@@ -67,9 +67,8 @@ def test_arch_rows_are_linked_to_their_presets():
 
 
 def _classifier_params(arch):
-    cfg = arch_config(arch)
     # The published count includes the norms' affine weights (FrozenBN keeps them as buffers).
-    cfg.MODEL.RESNETS.NORM = cfg.MODEL.REXNET.NORM = "BN"
+    cfg = clean_backbone_config(arch_config(arch), trainable_norms=True)
     model = build_classifier(cfg, num_classes=1000)
     return sum(p.numel() for p in model.parameters())
 
@@ -113,20 +112,8 @@ def _reference_state(arch):
     if arch.source == "timm":
         timm = pytest.importorskip("timm")
         return timm.create_model(arch.name, pretrained=False).state_dict()
-    ours = _backbone(arch.name).state_dict()
+    ours = build_clean_backbone(arch_config(arch.name)).state_dict()
     return {**to_caffe2_names(ours), "fc1000_w": np.zeros((1000, 2048), np.float32)}
-
-
-def _backbone(name):
-    cfg = arch_config(name)
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.REXNET.OUT_FEATURES = [
-        "res2",
-        "res3",
-        "res4",
-        "res5",
-    ]
-    return BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, ShapeSpec(channels=3))
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
@@ -137,7 +124,7 @@ def test_every_arch_row_builds_a_backbone_its_weights_load_into(name):
     assert arch.family is None or arch.family in weights.families
     state = to_backbone(weights.format, weights.state_dict, family=arch.family)
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    _backbone(name).load_state_dict(state, strict=True)
+    build_clean_backbone(arch_config(name)).load_state_dict(state, strict=True)
 
 
 def _configs_with_weights():

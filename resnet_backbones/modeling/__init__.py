@@ -1,30 +1,63 @@
-"""Models of resnet_backbones; importing this registers the backbones and heads in detectron2."""
+"""Models of resnet_backbones; importing this registers the backbones and heads in detectron2.
 
-from .backbone import (
+* :mod:`.base`: :class:`StagedBackbone` (stages by name, ``out_features``, freezing, shapes)
+  and the FPNs on top of it;
+* :mod:`.ops`: layers no network owns (SE, channel rounding, shortcuts, DCN, Res2Net's split);
+* :mod:`.stems`, :mod:`.blocks`: the ResNet family's stems, residual blocks and stage builder;
+* :mod:`.spec`: the typed ResNet-family spec, :func:`resnet_spec`;
+* :mod:`.resnet`: :class:`ResNetFamily` and its builders; :mod:`.rexnet`: :class:`ReXNet` and
+  its builders; :mod:`.roi_heads`: the C4 head; :mod:`.classifier`: pooled linear classifiers.
+
+Nothing here reads ``MODEL.RESNETS`` or ``MODEL.REXNET``: :mod:`resnet_backbones.config` turns a
+config into the typed arguments the registered builders pass on.
+"""
+
+from .base import FEATURE_NAMES, StagedBackbone, fpn, retinanet_fpn
+from .blocks import BLOCK_CLASSES, BasicBlock, BottleneckBlock, make_stage
+from .classifier import ImageClassifier, ResNetClassifier, build_classifier
+from .ops import (
+    AvgDownConv2d,
+    DeformConv2d,
+    Res2NetConv,
+    SqueezeExcite,
+    ZeroPadShortcut,
+    make_divisible,
+    make_shortcut,
+)
+from .resnet import (
     ResNetFamily,
     build_res5_head,
     build_resnet_family_backbone,
     build_resnet_family_fpn_backbone,
     build_resnet_family_retinanet_fpn_backbone,
 )
-from .classifier import ImageClassifier, ResNetClassifier, build_classifier
-from .layers import BLOCK_CLASSES, STEM_CLASSES, make_stage
-from .rexnet import ReXNet, build_rexnet_backbone, build_rexnet_fpn_backbone
+from .rexnet import ReXNet, build_rexnet_backbone, build_rexnet_fpn_backbone, rexnet_blocks
 from .roi_heads import Res5FamilyROIHeads
-from .spec import DEPTHS, BlockOptions, ResNetSpec, StageSpec, resnet_spec, spec_from_config
+from .spec import BLOCK_ORDERS, DEPTHS, BlockOptions, ResNetSpec, StageSpec, resnet_spec
+from .stems import STEM_CLASSES
 
 __all__ = [
     "BLOCK_CLASSES",
+    "BLOCK_ORDERS",
     "DEPTHS",
+    "FEATURE_NAMES",
     "STEM_CLASSES",
+    "AvgDownConv2d",
+    "BasicBlock",
     "BlockOptions",
+    "BottleneckBlock",
+    "DeformConv2d",
     "ImageClassifier",
     "ReXNet",
+    "Res2NetConv",
     "Res5FamilyROIHeads",
     "ResNetClassifier",
     "ResNetFamily",
     "ResNetSpec",
+    "SqueezeExcite",
     "StageSpec",
+    "StagedBackbone",
+    "ZeroPadShortcut",
     "build_classifier",
     "build_res5_head",
     "build_rexnet_backbone",
@@ -32,7 +65,11 @@ __all__ = [
     "build_resnet_family_backbone",
     "build_resnet_family_fpn_backbone",
     "build_resnet_family_retinanet_fpn_backbone",
+    "fpn",
+    "make_divisible",
+    "make_shortcut",
     "make_stage",
     "resnet_spec",
-    "spec_from_config",
+    "retinanet_fpn",
+    "rexnet_blocks",
 ]

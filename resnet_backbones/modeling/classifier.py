@@ -8,12 +8,12 @@ backbone alone.
 from __future__ import annotations
 
 import torch
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling import Backbone
 from torch import nn
 
-from .backbone import ResNetFamily
-from .spec import ResNetSpec, spec_from_config
+from .. import config  # the module: it imports this package (see resnet.py)
+from .resnet import ResNetFamily
+from .spec import ResNetSpec
 
 __all__ = ["ImageClassifier", "ResNetClassifier", "build_classifier"]
 
@@ -58,21 +58,12 @@ class ResNetClassifier(ImageClassifier):
 
 
 def build_classifier(cfg, *, num_classes: int = 1000) -> ImageClassifier:
-    """The classifier of the (non-FPN) backbone ``cfg.MODEL.BACKBONE.NAME`` builds, on its last
-    feature: ``ResNetFamily`` for ``build_resnet_family_backbone``, ``ReXNet`` for
-    ``build_rexnet_backbone``. Nothing is frozen."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    name = cfg.MODEL.BACKBONE.NAME
-    if name == "build_rexnet_backbone":
-        cfg.MODEL.REXNET.OUT_FEATURES = ["res5"]
-    elif name == "build_resnet_family_backbone":
-        cfg.MODEL.RESNETS.OUT_FEATURES = [spec_from_config(cfg).feature_names[-1]]
-    else:
-        raise ValueError(
-            f"MODEL.BACKBONE.NAME = {name!r} is not valid for a classifier; valid values: "
-            "'build_resnet_family_backbone', 'build_rexnet_backbone'"
-        )
-    backbone = BACKBONE_REGISTRY.get(name)(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+    """The classifier of the network ``cfg`` builds, on its last feature: its clean backbone
+    (:func:`resnet_backbones.config.build_clean_backbone`: the plain builder of an FPN builder,
+    nothing frozen), pooled, then a linear layer.
+
+    Raises:
+        ValueError: ``MODEL.BACKBONE.NAME`` is not one of the package's builders.
+    """
+    backbone = config.build_clean_backbone(cfg, features="last")
     return ImageClassifier(backbone, num_classes=num_classes)

@@ -10,6 +10,12 @@ Registered in detectron2's ``BACKBONE_REGISTRY``:
 
 * ``build_rexnet_backbone``: the features of ``MODEL.REXNET.OUT_FEATURES``;
 * ``build_rexnet_fpn_backbone``: FPN P2..P6, as detectron2's ``build_resnet_fpn_backbone``.
+
+The builders read nothing themselves: :mod:`resnet_backbones.config` turns ``cfg`` into the
+typed arguments of :class:`ReXNet`. Its layers (:class:`ConvNormSiLU`, :class:`LinearBottleneck`)
+live here, beside the only network that uses them and the widths their weights depend on; what
+it shares with the ResNets (SE, rounding, zero-padding, the staged backbone) comes from
+:mod:`.ops` and :mod:`.base`.
 """
 
 from __future__ import annotations
@@ -21,13 +27,20 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
-from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling import BACKBONE_REGISTRY, FPN
 from torch import nn
 
-from ..utils import check_choice, check_positive_number
-from .backbone import resolve_norm
-from .spec import FEATURE_NAMES
+# The module, not its names: resnet_backbones.config imports this package (see resnet.py).
+from .. import config
+from ..utils import (
+    PYTHON_NAMES,
+    ArgumentNames,
+    check_choice,
+    check_positive_int,
+    check_positive_number,
+)
+from .base import FEATURE_NAMES, StagedBackbone, fpn
+from .ops import SqueezeExcite, make_divisible, zero_pad_channels
 
 __all__ = [
     "REXNET_GROUPS",
@@ -37,7 +50,6 @@ __all__ = [
     "LinearBottleneck",
     "ReXNet",
     "ReXNetBlockSpec",
-    "SqueezeExcite",
     "build_rexnet_backbone",
     "build_rexnet_fpn_backbone",
     "rexnet_blocks",
@@ -49,7 +61,6 @@ __all__ = [
 # detectron2.layers.get_norm names that work here. "GN" is left out: its 32 groups do not divide
 # ReXNet's widths (16, 27, 38 ...); "" (no norm) would leave the bias-free convs without a bias.
 REXNET_NORMS: tuple[str, ...] = ("FrozenBN", "BN", "SyncBN", "nnSyncBN", "naiveSyncBN")
-FREEZE_AT_VALUES = tuple(range(len(FEATURE_NAMES) + 1))
 
 # Widths of ReXNet-1.0x (the paper's Sec. 4.1; timm's RexNet defaults), scaled by width_mult.
 STEM_CHANNELS = 32  # the 3x3/2 stem conv
@@ -57,6 +68,8 @@ FIRST_CHANNELS = 16  # output of the first block; the following ones grow linear
 CHANNEL_GROWTH = 180  # ... by this much over all blocks: 16 -> 16 + 180 * (n - 1) / n
 LAST_CHANNELS = 1280  # the final 1x1 conv
 SE_RATIO = 1 / 12  # SE reduced width = depthwise width * SE_RATIO
+# Every width is rounded by make_divisible with timm's default round_limit, 0.9 (never more than
+# 10% below the exact width); the widths of the pretrained weights depend on it.
 
 
 @dataclass(frozen=True)
@@ -100,22 +113,15 @@ class ReXNetBlockSpec:
     stride: int
 
 
-def _make_divisible(value: float, divisor: int) -> int:
-    """Nearest multiple of ``divisor`` (at least ``divisor``), never more than 10% below ``value``;
-    the rounding rule of timm's ``make_divisible``, on which the pretrained widths depend."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
-
-
 def rexnet_stem_channels(width_mult: float = 1.0, channel_divisor: int = 1) -> int:
     """Width of the 3x3/2 stem conv; 32 for every width_mult <= 1, as in timm."""
     base = STEM_CHANNELS / width_mult if width_mult < 1.0 else STEM_CHANNELS
-    return _make_divisible(round(base * width_mult), channel_divisor)
+    return make_divisible(round(base * width_mult), channel_divisor)
 
 
 def rexnet_last_channels(width_mult: float = 1.0, channel_divisor: int = 1) -> int:
     """Width of the final 1x1 conv: 1280 * width_mult."""
-    return _make_divisible(LAST_CHANNELS * width_mult, channel_divisor)
+    return make_divisible(LAST_CHANNELS * width_mult, channel_divisor)
 
 
 def rexnet_blocks(
@@ -137,16 +143,16 @@ def rexnet_blocks(
     blocks = []
     for group, count in zip(REXNET_GROUPS, num_blocks):
         for index in range(count):
-            out_channels = _make_divisible(round(base * width_mult), channel_divisor)
+            out_channels = make_divisible(round(base * width_mult), channel_divisor)
             base += CHANNEL_GROWTH / total
             hidden_channels = in_channels
             if group.expansion != 1:
-                hidden_channels = _make_divisible(
+                hidden_channels = make_divisible(
                     round(in_channels * group.expansion), channel_divisor
                 )
             se_channels = 0
             if group.se:
-                se_channels = _make_divisible(int(hidden_channels * SE_RATIO), channel_divisor)
+                se_channels = make_divisible(int(hidden_channels * SE_RATIO), channel_divisor)
             blocks.append(
                 ReXNetBlockSpec(
                     feature=group.feature,
@@ -173,6 +179,30 @@ def _init_conv(conv: nn.Conv2d) -> None:
         nn.init.zeros_(conv.bias)
 
 
+def _conv_norm(
+    in_channels: int,
+    out_channels: int,
+    *,
+    kernel_size: int,
+    norm: str,
+    stride: int = 1,
+    groups: int = 1,
+    activation=None,
+) -> Conv2d:
+    """A bias-free conv with "same" padding, then norm (and ``activation``)."""
+    return Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=kernel_size // 2,
+        groups=groups,
+        bias=False,
+        norm=get_norm(norm, out_channels),
+        activation=activation,
+    )
+
+
 class ConvNormSiLU(CNNBlockBase):
     """Conv, norm, SiLU: ReXNet's 3x3/2 stem conv and its final 1x1 conv."""
 
@@ -180,40 +210,17 @@ class ConvNormSiLU(CNNBlockBase):
         self, in_channels: int, out_channels: int, *, kernel_size: int, stride: int, norm: str
     ):
         super().__init__(in_channels, out_channels, stride)
-        self.conv = Conv2d(
+        self.conv = _conv_norm(
             in_channels,
             out_channels,
             kernel_size=kernel_size,
             stride=stride,
-            padding=kernel_size // 2,
-            bias=False,
-            norm=get_norm(norm, out_channels),
+            norm=norm,
             activation=F.silu,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
-
-
-class SqueezeExcite(nn.Module):
-    """SE with a norm (ReXNet): global average pool, 1x1 conv, norm, ReLU, 1x1 conv, sigmoid;
-    scales the input channels."""
-
-    def __init__(self, channels: int, se_channels: int, *, norm: str):
-        super().__init__()
-        self.fc1 = Conv2d(
-            channels,
-            se_channels,
-            kernel_size=1,
-            bias=True,
-            norm=get_norm(norm, se_channels),
-            activation=F.relu,
-        )
-        self.fc2 = Conv2d(se_channels, channels, kernel_size=1, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.fc2(self.fc1(x.mean((2, 3), keepdim=True)))
-        return x * torch.sigmoid(scale)
 
 
 class LinearBottleneck(CNNBlockBase):
@@ -243,32 +250,19 @@ class LinearBottleneck(CNNBlockBase):
         super().__init__(in_channels, out_channels, stride)
         self.conv_expand = None
         if hidden_channels != in_channels:
-            self.conv_expand = Conv2d(
-                in_channels,
-                hidden_channels,
-                kernel_size=1,
-                bias=False,
-                norm=get_norm(norm, hidden_channels),
-                activation=F.silu,
+            self.conv_expand = _conv_norm(
+                in_channels, hidden_channels, kernel_size=1, norm=norm, activation=F.silu
             )
-        self.conv_dw = Conv2d(
+        self.conv_dw = _conv_norm(
             hidden_channels,
             hidden_channels,
             kernel_size=3,
             stride=stride,
-            padding=1,
             groups=hidden_channels,
-            bias=False,
-            norm=get_norm(norm, hidden_channels),
+            norm=norm,
         )
         self.se = SqueezeExcite(hidden_channels, se_channels, norm=norm) if se_channels else None
-        self.conv_project = Conv2d(
-            hidden_channels,
-            out_channels,
-            kernel_size=1,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
+        self.conv_project = _conv_norm(hidden_channels, out_channels, kernel_size=1, norm=norm)
         # The widths only grow, so the shortcut is the input zero-padded to out_channels (the
         # ResNet paper's option A); where the stride is 2 there is none.
         self.has_shortcut = stride == 1 and in_channels <= out_channels
@@ -280,14 +274,14 @@ class LinearBottleneck(CNNBlockBase):
             out = self.se(out)
         out = self.conv_project(F.relu6(out))
         if self.has_shortcut:
-            out = out + F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
+            out = out + zero_pad_channels(x, self.out_channels - self.in_channels)
         return out
 
 
 # --------------------------------------------------------------------------------------------
 # Backbone
 # --------------------------------------------------------------------------------------------
-class ReXNet(Backbone):
+class ReXNet(StagedBackbone):
     """ReXNet with features "stem" and "res2".."res5" (strides 2 to 32).
 
     Every feature is a stage, an ``nn.Sequential`` of blocks: "stem" is the 3x3/2 conv and the
@@ -306,6 +300,7 @@ class ReXNet(Backbone):
         freeze_at: int = 0,
         norm: str = "BN",
         in_channels: int = 3,
+        names: ArgumentNames = PYTHON_NAMES,
     ):
         """
         Args:
@@ -318,37 +313,20 @@ class ReXNet(Backbone):
                 (their parameters stop requiring grad and their BNs become FrozenBN).
             norm: norm after every conv and inside the SE, one of :data:`REXNET_NORMS`.
             in_channels: channels of the input image.
+            names: how errors name the arguments (their config keys when built from a config).
 
         Raises:
-            ValueError: naming the config key, the bad value and the valid values.
+            ValueError: naming the argument, the bad value and the valid values.
         """
-        super().__init__()
-        check_positive_number("MODEL.REXNET.WIDTH_MULT", width_mult)
-        check_positive_number("depth_mult", depth_mult)
-        if isinstance(channel_divisor, bool) or not isinstance(channel_divisor, int):
-            raise ValueError(
-                f"channel_divisor = {channel_divisor!r} is not valid; it must be a positive integer"
-            )
-        check_positive_number("channel_divisor", channel_divisor)
-        check_choice("MODEL.REXNET.NORM", norm, REXNET_NORMS)
-        check_choice("MODEL.BACKBONE.FREEZE_AT", freeze_at, FREEZE_AT_VALUES)
-        if not out_features:
-            raise ValueError(
-                "MODEL.REXNET.OUT_FEATURES is empty; valid entries: "
-                + ", ".join(repr(n) for n in FEATURE_NAMES)
-            )
-        for name in out_features:
-            check_choice("MODEL.REXNET.OUT_FEATURES entry", name, FEATURE_NAMES)
-        deepest = max(FEATURE_NAMES.index(name) for name in out_features)
+        check_positive_number(names["width_mult"], width_mult)
+        check_positive_number(names["depth_mult"], depth_mult)
+        check_positive_int(names["channel_divisor"], channel_divisor)
+        check_choice(names["norm"], norm, REXNET_NORMS)
+        super().__init__(FEATURE_NAMES, out_features=out_features, freeze_at=freeze_at, names=names)
 
         blocks = rexnet_blocks(width_mult, depth_mult, channel_divisor)
         stem_channels = rexnet_stem_channels(width_mult, channel_divisor)
-        self.stage_names: list[str] = []
-        self.stages: list[nn.Sequential] = []
-        self._out_feature_strides: dict[str, int] = {}
-        self._out_feature_channels: dict[str, int] = {}
-        stride = 1
-        for name in FEATURE_NAMES[: deepest + 1]:
+        for name in self.stages_to_build:
             layers: list[CNNBlockBase] = []
             if name == "stem":
                 layers.append(
@@ -373,75 +351,28 @@ class ReXNet(Backbone):
                         layers[-1].out_channels, last_channels, kernel_size=1, stride=1, norm=norm
                     )
                 )
-            stage = nn.Sequential(*layers)
-            self.add_module(name, stage)
-            self.stage_names.append(name)
-            self.stages.append(stage)
-            for layer in layers:
-                stride *= layer.stride
-            self._out_feature_strides[name] = stride
-            self._out_feature_channels[name] = layers[-1].out_channels
-        self._out_features = list(out_features)
+            self.add_stage(
+                name,
+                nn.Sequential(*layers),
+                channels=layers[-1].out_channels,
+                stride=math.prod(layer.stride for layer in layers),
+            )
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 _init_conv(module)
         self.freeze(freeze_at)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"ReXNet takes (N, C, H, W) inputs; got shape {tuple(x.shape)}")
-        outputs = {}
-        for name, stage in zip(self.stage_names, self.stages):
-            x = stage(x)
-            if name in self._out_features:
-                outputs[name] = x
-        return outputs
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
-
-    def freeze(self, freeze_at: int = 0) -> ReXNet:
-        """Freezes the stem (freeze_at >= 1) and stage res{k} for every 2 <= k <= freeze_at.
-
-        Frozen blocks stop requiring grad and their BatchNorms become FrozenBatchNorm2d, as in
-        detectron2's ``ResNet.freeze``.
-        """
-        for index, stage in enumerate(self.stages, start=1):
-            if freeze_at >= index:
-                for block in stage.children():
-                    block.freeze()
-        return self
-
 
 @BACKBONE_REGISTRY.register()
 def build_rexnet_backbone(cfg, input_shape: ShapeSpec) -> ReXNet:
     """ReXNet from ``cfg.MODEL.REXNET`` (WIDTH_MULT, OUT_FEATURES, NORM) and
     ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
-    r = cfg.MODEL.REXNET
-    return ReXNet(
-        width_mult=r.WIDTH_MULT,
-        out_features=r.OUT_FEATURES,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        norm=resolve_norm(r.NORM, "MODEL.REXNET.NORM"),
-        in_channels=input_shape.channels,
-    )
+    return ReXNet(**config.rexnet_arguments(cfg), in_channels=input_shape.channels)
 
 
 @BACKBONE_REGISTRY.register()
 def build_rexnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """FPN P2..P6 on ReXNet (P6 by max-pooling P5), as detectron2's
     ``build_resnet_fpn_backbone``; reads ``cfg.MODEL.FPN``."""
-    return FPN(
-        bottom_up=build_rexnet_backbone(cfg, input_shape),
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return fpn(cfg, build_rexnet_backbone(cfg, input_shape))

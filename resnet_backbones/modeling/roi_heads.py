@@ -6,7 +6,8 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
-from .backbone import build_res5_head, spec_for_build
+from .. import config  # the module: it imports this package (see resnet.py)
+from .resnet import build_res5_head
 
 __all__ = ["Res5FamilyROIHeads"]
 
@@ -23,4 +24,4 @@ class Res5FamilyROIHeads(Res5ROIHeads):
 
     @classmethod
     def _build_res5_block(cls, cfg) -> tuple[nn.Sequential, int]:
-        return build_res5_head(spec_for_build(cfg))
+        return build_res5_head(config.resnet_spec_from_config(cfg))

@@ -1,9 +1,14 @@
-"""Typed description of a ResNet-family network, and the one place that reads ``MODEL.RESNETS``.
+"""Typed description of a ResNet-family network.
 
 A network is a stem plus four stages of blocks (res2..res5). Every variant of the family is a
 :class:`ResNetSpec` — data, not code: ResNet-50 and ResNeXt-101 differ only in the numbers
 here, and a new block, stem or shortcut type is one more name in these tables plus a small
-class in :mod:`resnet_backbones.modeling.layers`.
+class in :mod:`~resnet_backbones.modeling.blocks`, :mod:`~resnet_backbones.modeling.stems` or
+:mod:`~resnet_backbones.modeling.ops`.
+
+Nothing here reads a config: :func:`resnet_backbones.config.resnet_spec_from_config` reads
+``MODEL.RESNETS`` into the arguments of :func:`resnet_spec`, and passes the config keys as the
+names its errors use.
 """
 
 from __future__ import annotations
@@ -11,14 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..utils import check_choice, check_positive_int
+from ..utils import PYTHON_NAMES, ArgumentNames, check_choice, check_positive_int
+from .base import FEATURE_NAMES
 
 __all__ = [
     "BLOCK_ORDERS",
-    "BLOCK_TYPES",
     "CIFAR_STAGE_WIDTHS",
     "DEPTHS",
-    "FEATURE_NAMES",
     "NORMS",
     "SHORTCUTS",
     "STAGE_NAMES",
@@ -29,12 +33,9 @@ __all__ = [
     "StageSpec",
     "cifar_depth",
     "resnet_spec",
-    "spec_from_config",
 ]
 
-STAGE_NAMES: tuple[str, ...] = ("res2", "res3", "res4", "res5")
-FEATURE_NAMES: tuple[str, ...] = ("stem",) + STAGE_NAMES
-BLOCK_TYPES: tuple[str, ...] = ("basic", "bottleneck")
+STAGE_NAMES: tuple[str, ...] = FEATURE_NAMES[1:]
 # "cifar" is the ResNet paper's CIFAR-10 stem (Sec. 4.2): one 3x3 stride-1 conv, no max-pool.
 STEM_TYPES: tuple[str, ...] = ("basic", "deep", "cifar")
 # The ResNet paper's shortcut options (Sec. 3.3): A = identity with zero-padded extra channels,
@@ -178,58 +179,64 @@ def resnet_spec(
     deform_on_per_stage: Sequence[bool] = (False, False, False, False),
     deform_modulated: bool = False,
     deform_num_groups: int = 1,
+    names: ArgumentNames = PYTHON_NAMES,
 ) -> ResNetSpec:
     """Builds and validates the spec of a ResNet-family network.
 
-    The arguments are those of ``MODEL.RESNETS`` with detectron2's meaning: a bottleneck's
-    3x3 width in res2 is ``num_groups * width_per_group`` and every later stage doubles the
-    widths; basic blocks (depth 18, 34) have one width per stage, ``res2_out_channels``.
+    Every argument is the ``MODEL.RESNETS`` key of its name, with detectron2's meaning: a
+    bottleneck's 3x3 width in res2 is ``num_groups * width_per_group`` and every later stage
+    doubles the widths; basic blocks (depth 18, 34) have one width per stage, ``res2_out_channels``.
     Res2Net's 3x3 width in res2 is ``res2net_scale * res2net_width`` (times ``num_groups``).
     CIFAR depths (6n+2, 6n+4) need ``stem="cifar"`` and have three stages res2..res4 of
     widths 16/32/64 times ``widen_factor``; ``res2_out_channels`` does not apply to them.
 
+    ``names`` says how errors name the arguments: by their Python names (the default), or by
+    the config keys (``resnet_backbones.config`` passes them), e.g. ``depth = 77 is not valid``
+    and ``MODEL.RESNETS.DEPTH = 77 is not valid`` from the same check.
+
     Raises:
-        ValueError: naming the config key, the bad value and the valid values, or the
+        ValueError: naming the argument, the bad value and the valid values, or the
             combination that is not defined and why.
     """
-    check_choice("MODEL.RESNETS.STEM", stem, STEM_TYPES)
+    n = names
+    check_choice(n["stem"], stem, STEM_TYPES)
     # With the CIFAR stem a depth of 6n+2 or 6n+4 is a CIFAR network (ResNet-50 on CIFAR is
     # n = 8); otherwise the ImageNet table decides (R-18 with a CIFAR stem is an ImageNet R-18).
     cifar = cifar_depth(depth) if stem == "cifar" else None
     if cifar is None and depth not in DEPTHS:
         if cifar_depth(depth) is not None:
             raise ValueError(
-                f"MODEL.RESNETS.DEPTH = {depth} is a CIFAR depth (6n+2 or 6n+4), which needs "
-                f"MODEL.RESNETS.STEM 'cifar', not {stem!r}; ImageNet depths are {sorted(DEPTHS)}"
+                f"{n['depth']} = {depth} is a CIFAR depth (6n+2 or 6n+4), which needs "
+                f"{n['stem']} 'cifar', not {stem!r}; ImageNet depths are {sorted(DEPTHS)}"
             )
-        check_choice("MODEL.RESNETS.DEPTH", depth, sorted(DEPTHS) + ["6n+2 or 6n+4 (CIFAR)"])
-    check_choice("MODEL.RESNETS.SHORTCUT", shortcut, SHORTCUTS)
-    check_choice("MODEL.RESNETS.BLOCK_ORDER", block_order, BLOCK_ORDERS)
-    check_choice("MODEL.RESNETS.NORM", norm, NORMS)
-    check_choice("MODEL.RESNETS.RES5_DILATION", res5_dilation, (1, 2))
-    for key, value in [
-        ("MODEL.RESNETS.STEM_OUT_CHANNELS", stem_out_channels),
-        ("MODEL.RESNETS.RES2_OUT_CHANNELS", res2_out_channels),
-        ("MODEL.RESNETS.NUM_GROUPS", num_groups),
-        ("MODEL.RESNETS.WIDTH_PER_GROUP", width_per_group),
-        ("MODEL.RESNETS.RES2NET_SCALE", res2net_scale),
-        ("MODEL.RESNETS.RES2NET_WIDTH", res2net_width),
-        ("MODEL.RESNETS.WIDEN_FACTOR", widen_factor),
-        ("MODEL.RESNETS.DEFORM_NUM_GROUPS", deform_num_groups),
+        check_choice(n["depth"], depth, sorted(DEPTHS) + ["6n+2 or 6n+4 (CIFAR)"])
+    check_choice(n["shortcut"], shortcut, SHORTCUTS)
+    check_choice(n["block_order"], block_order, BLOCK_ORDERS)
+    check_choice(n["norm"], norm, NORMS)
+    check_choice(n["res5_dilation"], res5_dilation, (1, 2))
+    for argument, value in [
+        ("stem_out_channels", stem_out_channels),
+        ("res2_out_channels", res2_out_channels),
+        ("num_groups", num_groups),
+        ("width_per_group", width_per_group),
+        ("res2net_scale", res2net_scale),
+        ("res2net_width", res2net_width),
+        ("widen_factor", widen_factor),
+        ("deform_num_groups", deform_num_groups),
     ]:
-        check_positive_int(key, value)
-    check_positive_int("MODEL.RESNETS.SE_RATIO", se_ratio, minimum=0)
+        check_positive_int(n[argument], value)
+    check_positive_int(n["se_ratio"], se_ratio, minimum=0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"MODEL.RESNETS.DROPOUT = {dropout!r} is not valid; it must be in [0, 1)")
+        raise ValueError(f"{n['dropout']} = {dropout!r} is not valid; it must be in [0, 1)")
     deform_on_per_stage = tuple(deform_on_per_stage)
     if len(deform_on_per_stage) != len(STAGE_NAMES):
         raise ValueError(
-            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(deform_on_per_stage)} is not valid; "
+            f"{n['deform_on_per_stage']} = {list(deform_on_per_stage)} is not valid; "
             "it needs one flag per stage res2..res5"
         )
     if stem == "deep" and stem_out_channels % 2:
         raise ValueError(
-            f"MODEL.RESNETS.STEM_OUT_CHANNELS = {stem_out_channels} is not valid for the deep "
+            f"{n['stem_out_channels']} = {stem_out_channels} is not valid for the deep "
             "stem, whose first two convs have half that width; it must be even"
         )
 
@@ -237,6 +244,7 @@ def resnet_spec(
     _check_combinations(
         depth,
         table,
+        names,
         cifar=cifar is not None,
         stem=stem,
         res2_out_channels=res2_out_channels,
@@ -269,7 +277,7 @@ def resnet_spec(
         bad = sorted(w for w in widths if w % 32)
         if bad:
             raise ValueError(
-                f"MODEL.RESNETS.NORM = 'GN' is not valid for this network: GroupNorm's 32 "
+                f"{n['norm']} = 'GN' is not valid for this network: GroupNorm's 32 "
                 f"groups (detectron2) do not divide its {bad} channel widths; use 'BN', "
                 "'SyncBN' or 'FrozenBN'"
             )
@@ -320,6 +328,7 @@ def resnet_spec(
 def _check_combinations(
     depth: int,
     table: Depth,
+    n: ArgumentNames,
     *,
     cifar: bool,
     stem: str,
@@ -335,124 +344,89 @@ def _check_combinations(
     widen_factor: int,
     deform_on_per_stage: tuple[bool, ...],
 ) -> None:
-    """Refuses combinations of valid values that define no network, saying why."""
+    """Refuses combinations of valid values that define no network, saying why.
+
+    ``n`` names the arguments (see :func:`resnet_spec`); a message names its subject in full
+    (``n[...]``) and the other arguments it mentions by their short names (``n.short(...)``).
+    """
+    depth_name = n.short("depth")
     if cifar and res5_dilation != 1:
         raise ValueError(
-            f"MODEL.RESNETS.RES5_DILATION = {res5_dilation} is not valid for the CIFAR depth "
+            f"{n['res5_dilation']} = {res5_dilation} is not valid for the CIFAR depth "
             f"{depth}: CIFAR networks have no res5; keep it 1"
         )
     if widen_factor != 1 and not cifar:
         raise ValueError(
-            f"MODEL.RESNETS.WIDEN_FACTOR = {widen_factor} only applies to CIFAR depths (6n+2, "
-            f"6n+4), not DEPTH {depth}; widen an ImageNet ResNet with WIDTH_PER_GROUP "
-            "(wide_resnet50_2: 128)"
+            f"{n['widen_factor']} = {widen_factor} only applies to CIFAR depths (6n+2, "
+            f"6n+4), not {depth_name} {depth}; widen an ImageNet ResNet with "
+            f"{n.short('width_per_group')} (wide_resnet50_2: 128)"
         )
     if table.block == "basic":
         if not cifar and res2_out_channels != 64:
             raise ValueError(
-                f"MODEL.RESNETS.RES2_OUT_CHANNELS = {res2_out_channels} is not valid for DEPTH "
+                f"{n['res2_out_channels']} = {res2_out_channels} is not valid for {depth_name} "
                 f"{depth}, which uses basic blocks: set it to 64 (as detectron2 requires)"
             )
         if num_groups != 1 or width_per_group != 64:
             raise ValueError(
-                f"MODEL.RESNETS.NUM_GROUPS = {num_groups} and WIDTH_PER_GROUP = "
-                f"{width_per_group} are not valid for DEPTH {depth}: basic blocks have no "
-                "grouped bottleneck; keep NUM_GROUPS 1 and WIDTH_PER_GROUP 64"
+                f"{n['num_groups']} = {num_groups} and {n.short('width_per_group')} = "
+                f"{width_per_group} are not valid for {depth_name} {depth}: basic blocks have no "
+                f"grouped bottleneck; keep {n.short('num_groups')} 1 and "
+                f"{n.short('width_per_group')} 64"
             )
         if res2net_scale != 1:
             raise ValueError(
-                f"MODEL.RESNETS.RES2NET_SCALE = {res2net_scale} is not valid for DEPTH {depth}: "
+                f"{n['res2net_scale']} = {res2net_scale} is not valid for {depth_name} {depth}: "
                 "Res2Net splits a bottleneck's 3x3 conv, and this depth uses basic blocks; use "
-                f"DEPTH 50 or deeper, or RES2NET_SCALE 1"
+                f"{depth_name} 50 or deeper, or {n.short('res2net_scale')} 1"
             )
         if any(deform_on_per_stage):
             raise ValueError(
-                f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(deform_on_per_stage)} is not valid "
-                f"for DEPTH {depth}: deformable convolution replaces a bottleneck's 3x3 conv "
-                "(as in detectron2), and this depth uses basic blocks"
+                f"{n['deform_on_per_stage']} = {list(deform_on_per_stage)} is not valid "
+                f"for {depth_name} {depth}: deformable convolution replaces a bottleneck's 3x3 "
+                "conv (as in detectron2), and this depth uses basic blocks"
             )
     if avg_down and shortcut in ("A", "none"):
         raise ValueError(
-            f"MODEL.RESNETS.AVG_DOWN = True does nothing with SHORTCUT {shortcut!r}: it changes "
-            "projection shortcuts (ResNet-D), and this network has none; use SHORTCUT 'B' or 'C', "
-            "or AVG_DOWN False"
+            f"{n['avg_down']} = True does nothing with {n.short('shortcut')} {shortcut!r}: it "
+            "changes projection shortcuts (ResNet-D), and this network has none; use "
+            f"{n.short('shortcut')} 'B' or 'C', or {n.short('avg_down')} False"
         )
     if zero_init_residual and shortcut == "none":
         raise ValueError(
-            "MODEL.RESNETS.ZERO_INIT_RESIDUAL = True is not valid with SHORTCUT 'none': in a plain "
-            "network the zeroed branch is the only path, so every block would output zeros (or "
-            "a constant) and nothing would train; use ZERO_INIT_RESIDUAL False"
+            f"{n['zero_init_residual']} = True is not valid with {n.short('shortcut')} 'none': "
+            "in a plain network the zeroed branch is the only path, so every block would output "
+            "zeros (or a constant) and nothing would train; use "
+            f"{n.short('zero_init_residual')} False"
         )
     if block_order == "preact" and shortcut == "A":
         raise ValueError(
-            "MODEL.RESNETS.SHORTCUT = 'A' is not defined with BLOCK_ORDER 'preact': in a "
+            f"{n['shortcut']} = 'A' is not defined with {n.short('block_order')} 'preact': in a "
             "pre-activation network a stage's first block feeds its shortcut the pre-activated "
             "input, and zero-padding that tensor is not a shortcut either paper defines; use "
-            "SHORTCUT 'B' or 'C'"
+            f"{n.short('shortcut')} 'B' or 'C'"
         )
     if res2net_scale > 1:
         if block_order != "post":
             raise ValueError(
-                f"MODEL.RESNETS.BLOCK_ORDER = {block_order!r} is not valid with RES2NET_SCALE "
-                f"{res2net_scale}: the Res2Net block is defined for 'post' only"
+                f"{n['block_order']} = {block_order!r} is not valid with "
+                f"{n.short('res2net_scale')} {res2net_scale}: the Res2Net block is defined for "
+                "'post' only"
             )
         if width_per_group != 64:
             raise ValueError(
-                f"MODEL.RESNETS.WIDTH_PER_GROUP = {width_per_group} does not apply to Res2Net "
-                f"(RES2NET_SCALE {res2net_scale}), whose 3x3 width is RES2NET_WIDTH per split; "
-                "keep WIDTH_PER_GROUP 64"
+                f"{n['width_per_group']} = {width_per_group} does not apply to Res2Net "
+                f"({n.short('res2net_scale')} {res2net_scale}), whose 3x3 width is "
+                f"{n.short('res2net_width')} per split; keep {n.short('width_per_group')} 64"
             )
         if any(deform_on_per_stage):
             raise ValueError(
-                f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(deform_on_per_stage)} is not valid "
-                f"with RES2NET_SCALE {res2net_scale}: a Res2Net block has no single 3x3 conv to "
-                "make deformable"
+                f"{n['deform_on_per_stage']} = {list(deform_on_per_stage)} is not valid "
+                f"with {n.short('res2net_scale')} {res2net_scale}: a Res2Net block has no single "
+                "3x3 conv to make deformable"
             )
     if cifar and any(deform_on_per_stage):
         raise ValueError(
-            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(deform_on_per_stage)} is not valid for "
+            f"{n['deform_on_per_stage']} = {list(deform_on_per_stage)} is not valid for "
             f"the CIFAR depth {depth}, whose basic blocks have no bottleneck 3x3 conv"
         )
-
-
-def spec_from_config(cfg) -> ResNetSpec:
-    """Reads ``cfg.MODEL.RESNETS`` (extended by ``add_resnet_backbones_config``) into a spec."""
-    r = cfg.MODEL.RESNETS
-    return resnet_spec(
-        r.DEPTH,
-        stem=r.STEM,
-        stem_out_channels=r.STEM_OUT_CHANNELS,
-        res2_out_channels=r.RES2_OUT_CHANNELS,
-        num_groups=r.NUM_GROUPS,
-        width_per_group=r.WIDTH_PER_GROUP,
-        res5_dilation=r.RES5_DILATION,
-        norm=r.NORM,
-        stride_in_1x1=r.STRIDE_IN_1X1,
-        shortcut=r.SHORTCUT,
-        block_order=r.BLOCK_ORDER,
-        avg_down=r.AVG_DOWN,
-        zero_init_residual=r.ZERO_INIT_RESIDUAL,
-        res2net_scale=r.RES2NET_SCALE,
-        res2net_width=r.RES2NET_WIDTH,
-        se_ratio=r.SE_RATIO,
-        dropout=r.DROPOUT,
-        widen_factor=r.WIDEN_FACTOR,
-        deform_on_per_stage=r.DEFORM_ON_PER_STAGE,
-        deform_modulated=r.DEFORM_MODULATED,
-        deform_num_groups=r.DEFORM_NUM_GROUPS,
-    )
-
-
-def feature_names_up_to(
-    out_features: Sequence[str], available: Sequence[str] = FEATURE_NAMES
-) -> tuple[str, ...]:
-    """The stage names that must be built to produce ``out_features`` (res2 up to the deepest).
-
-    Args:
-        out_features: requested feature names.
-        available: the network's feature names ("stem" first); CIFAR networks stop at res4.
-    """
-    for name in out_features:
-        check_choice("MODEL.RESNETS.OUT_FEATURES entry", name, available)
-    deepest = max(available.index(name) for name in out_features)
-    return tuple(available[1 : deepest + 1])

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from ..config import build_clean_backbone
 from ..presets import ARCHS, arch_config, get_arch
 from ..utils import atomic_write, config_yaml
 from .catalog import CATALOG
@@ -54,19 +55,6 @@ def arch_input(arch: str) -> PixelInput:
             "and pixel statistics; one is needed to write the config"
         )
     return inputs.pop()
-
-
-def _backbone(arch: str) -> torch.nn.Module:
-    """The plain backbone (res2..res5, nothing frozen) of ``arch``, with fresh weights."""
-    from detectron2.layers import ShapeSpec
-    from detectron2.modeling import BACKBONE_REGISTRY
-
-    cfg = arch_config(arch)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.REXNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    return BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, ShapeSpec(channels=3))
 
 
 def export_weights(src: str, dst: str, *, source: str, arch: str) -> tuple[str, str]:
@@ -124,7 +112,7 @@ def export_weights(src: str, dst: str, *, source: str, arch: str) -> tuple[str, 
     }
     config = {**arch_input(arch).config, **row.config}
     try:
-        _backbone(arch).load_state_dict(state, strict=True)
+        build_clean_backbone(arch_config(arch)).load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise BackboneMismatchError(
             f"{src} does not load strictly into arch {arch!r} (config {config}): {e}"

@@ -21,7 +21,6 @@ from typing import Any, Optional
 
 from iopath.common.file_io import PathHandler, PathManager
 
-from .catalog import CATALOG
 from .download import download, hash_prefix_from_url
 from .entry import WeightsEntry
 from .errors import UnknownWeightsError, WeightsNotFoundError
@@ -51,6 +50,8 @@ def catalog_entry(name: str) -> WeightsEntry:
     Raises:
         UnknownWeightsError: listing the valid names.
     """
+    from .catalog import CATALOG  # on first use: the entries name networks of the presets
+
     if name not in CATALOG:
         raise UnknownWeightsError(
             f"{ZOO_PREFIX}{name}: no such weights in the catalog; valid names: "
@@ -75,6 +76,8 @@ def catalog_entry_for(path: str) -> Optional[WeightsEntry]:
     """
     if path.startswith(ZOO_PREFIX):
         return catalog_entry(path[len(ZOO_PREFIX) :])
+    from .catalog import CATALOG
+
     url = _https_url(path)
     return next((e for e in CATALOG.values() if e.url == url), None)
 

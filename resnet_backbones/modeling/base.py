@@ -1,0 +1,159 @@
+"""What every backbone of the package shares: a chain of named stages, and the FPNs on top.
+
+A :class:`StagedBackbone` is a stem and stages res2..res5 run in order, each feature named by its
+stride as in detectron2's ResNet: "stem", "res2" (4), "res3" (8), "res4" (16), "res5" (32). It
+builds only the stages up to the deepest requested feature, returns the requested ones from
+``forward``, describes them in ``output_shape()`` and freezes them as detectron2's
+``ResNet.freeze`` does. :class:`~resnet_backbones.modeling.ResNetFamily` and
+:class:`~resnet_backbones.modeling.ReXNet` only say what their stages are.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import FPN, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
+from torch import nn
+
+from ..utils import PYTHON_NAMES, ArgumentNames, check_choice
+
+__all__ = ["FEATURE_NAMES", "FREEZE_AT_VALUES", "StagedBackbone", "fpn", "retinanet_fpn"]
+
+# The features a backbone can return, in order: the stem, then one stage per stride 4 ... 32.
+FEATURE_NAMES: tuple[str, ...] = ("stem", "res2", "res3", "res4", "res5")
+# 0 trains everything; k >= 1 freezes the first k stages (the stem is the first).
+FREEZE_AT_VALUES: tuple[int, ...] = tuple(range(len(FEATURE_NAMES) + 1))
+
+
+class StagedBackbone(Backbone):
+    """A stem and stages run in order; a subclass adds them with :meth:`add_stage`.
+
+    Stage i of the chain (the stem is 1, res2 is 2, ...) is frozen by ``freeze(k)`` for every
+    k >= i. As in detectron2's ``ResNet``, ``stem`` is an attribute of its own and
+    ``stage_names``/``stages`` are the stages after it.
+    """
+
+    def __init__(
+        self,
+        available: Sequence[str],
+        *,
+        out_features: Sequence[str],
+        freeze_at: int,
+        names: ArgumentNames = PYTHON_NAMES,
+    ):
+        """
+        Args:
+            available: the features this network has, "stem" first (CIFAR ResNets stop at res4).
+            out_features: the features ``forward`` returns, among ``available``.
+            freeze_at: validated here; the subclass calls ``freeze(freeze_at)`` once built.
+            names: how errors name ``out_features`` and ``freeze_at``.
+
+        Raises:
+            ValueError: naming the argument (or its config key), the bad value and the valid ones.
+        """
+        super().__init__()
+        check_choice(names["freeze_at"], freeze_at, FREEZE_AT_VALUES)
+        if not out_features:
+            raise ValueError(
+                f"{names['out_features']} is empty; valid entries: "
+                + ", ".join(repr(n) for n in available)
+            )
+        for name in out_features:
+            check_choice(f"{names['out_features']} entry", name, available)
+        deepest = max(available.index(name) for name in out_features)
+        # The stages to build: the stem up to the deepest requested feature.
+        self.stages_to_build: tuple[str, ...] = tuple(available[: deepest + 1])
+        self._out_features = list(out_features)
+        self._out_feature_channels: dict[str, int] = {}
+        self._out_feature_strides: dict[str, int] = {}
+        self._chain: list[str] = []
+
+    def add_stage(self, name: str, stage: nn.Module, *, channels: int, stride: int) -> None:
+        """Appends stage ``name`` to the chain.
+
+        Args:
+            name: the next of :attr:`stages_to_build`.
+            stage: the module; it becomes the attribute ``name`` (parameters ``name.*``).
+            channels: its output channels.
+            stride: its own stride (the output stride of the chain is the product).
+        """
+        expected = self.stages_to_build[len(self._chain)]
+        if name != expected:
+            raise ValueError(f"stage {name!r} added where {expected!r} comes next")
+        previous = self._out_feature_strides[self._chain[-1]] if self._chain else 1
+        self.add_module(name, stage)
+        self._chain.append(name)
+        self._out_feature_channels[name] = channels
+        self._out_feature_strides[name] = previous * stride
+
+    @property
+    def stage_names(self) -> list[str]:
+        """The built stages after the stem, as detectron2's ``ResNet.stage_names``."""
+        return self._chain[1:]
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        """The modules of :attr:`stage_names`."""
+        return [getattr(self, name) for name in self.stage_names]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.dim() != 4:
+            raise ValueError(
+                f"{type(self).__name__} takes (N, C, H, W) inputs; got shape {tuple(x.shape)}"
+            )
+        outputs = {}
+        for name in self._chain:
+            x = getattr(self, name)(x)
+            if name in self._out_features:
+                outputs[name] = x
+        return outputs
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+    def freeze(self, freeze_at: int = 0) -> StagedBackbone:
+        """Freezes the stem (freeze_at >= 1) and stage res{k} for every 2 <= k <= freeze_at.
+
+        A frozen stage (all of it: blocks, and the closing norm of a pre-activation stage) stops
+        requiring grad and its BatchNorms become FrozenBatchNorm2d, as in detectron2's
+        ``ResNet.freeze``.
+        """
+        for index, name in enumerate(self._chain, start=1):
+            if freeze_at >= index:
+                stage = getattr(self, name)
+                for p in stage.parameters():
+                    p.requires_grad = False
+                FrozenBatchNorm2d.convert_frozen_batchnorm(stage)
+        return self
+
+
+def _fpn(cfg, bottom_up: Backbone, top_block: nn.Module) -> FPN:
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=top_block,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+def fpn(cfg, bottom_up: Backbone) -> FPN:
+    """FPN P2..P6 on ``bottom_up`` (P6 by max-pooling P5) from ``cfg.MODEL.FPN``, as detectron2's
+    ``build_resnet_fpn_backbone``."""
+    return _fpn(cfg, bottom_up, LastLevelMaxPool())
+
+
+def retinanet_fpn(cfg, bottom_up: Backbone) -> FPN:
+    """FPN P3..P7 on ``bottom_up`` (P6, P7 by strided convs on res5) from ``cfg.MODEL.FPN``, as
+    detectron2's ``build_retinanet_resnet_fpn_backbone``."""
+    in_channels_p6p7 = bottom_up.output_shape()["res5"].channels
+    return _fpn(cfg, bottom_up, LastLevelP6P7(in_channels_p6p7, cfg.MODEL.FPN.OUT_CHANNELS))
