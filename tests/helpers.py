@@ -316,3 +316,34 @@ def msra_source(cfg):
         elif name.endswith("running_var"):
             buffer.fill_(1 - 1e-5)  # FrozenBN's eps: scale = s exactly
     return source
+
+
+def reference_state(arch):
+    """Random weights of ``arch`` (a row of ARCHS) in its publisher's own names and format."""
+    import pytest
+    import torchvision
+
+    from resnet_backbones.config import build_clean_backbone
+    from resnet_backbones.presets import arch_config
+
+    if arch.source == "torchvision":
+        return getattr(torchvision.models, arch.name)(weights=None).state_dict()
+    if arch.source == "timm":
+        timm = pytest.importorskip("timm")
+        return timm.create_model(arch.name, pretrained=False).state_dict()
+    ours = build_clean_backbone(arch_config(arch.name)).state_dict()
+    return {**to_caffe2_names(ours), "fc1000_w": np.zeros((1000, 2048), np.float32)}
+
+
+def save_in_its_format(state, arch, folder):
+    """Writes ``state`` as its publisher does: a Python 2-style pickle for Caffe2 (msra) files,
+    torch.save otherwise; returns the path."""
+    import pickle
+
+    if arch.source == "msra":
+        path = folder / "weights.pkl"
+        path.write_bytes(pickle.dumps(state, protocol=2))
+    else:
+        path = folder / "weights.pth"
+        torch.save(state, path)
+    return path

@@ -1,4 +1,5 @@
-"""Every config under configs/ builds on the CPU and takes one training step with finite losses."""
+"""Every config under configs/ builds on the CPU, loads weights in the layout of the ones it
+names, and takes one training step with finite losses."""
 
 import glob
 import math
@@ -11,8 +12,12 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from resnet_backbones.engine import load_config
+from resnet_backbones.presets import ARCHS
+from resnet_backbones.weights.checkpoint import FamilyCheckpointer
+from resnet_backbones.weights.metadata import check_metadata
+from resnet_backbones.weights.resolve import catalog_entry_for
 
-from .helpers import REPO
+from .helpers import REPO, reference_state, save_in_its_format
 
 CONFIGS = sorted(
     os.path.relpath(p, REPO)
@@ -47,8 +52,11 @@ def test_faster_rcnn_r101_follows_detectron2_3x_recipe():
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_config_builds_and_takes_a_finite_training_step(config):
-    cfg = load_config(os.path.join(REPO, config), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+def test_config_builds_takes_a_finite_step_and_loads_its_weights(config, tmp_path):
+    """The model a config builds takes a finite step; the weights it names are in the catalog and
+    agree with its input format, pixel statistics and stride placement, and random weights in
+    the publisher's names and format load strictly into the model."""
+    cfg = load_config(os.path.join(REPO, config), ["MODEL.DEVICE", "cpu"])
     assert cfg.MODEL.BACKBONE.NAME.startswith(("build_resnet_family", "build_rexnet"))
     model = build_model(cfg).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -63,3 +71,12 @@ def test_config_builds_and_takes_a_finite_training_step(config):
     sum(losses.values()).backward()
     optimizer.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, trainable))
+
+    # Loaded after the step: random weights under frozen norms would make it run on denormals.
+    if cfg.MODEL.WEIGHTS:
+        entry = catalog_entry_for(cfg.MODEL.WEIGHTS)
+        assert entry is not None, f"{cfg.MODEL.WEIGHTS} is not in the catalog"
+        check_metadata(entry.metadata, cfg, source=cfg.MODEL.WEIGHTS)
+        arch = ARCHS[entry.arch]
+        path = save_in_its_format(reference_state(arch), arch, tmp_path)
+        FamilyCheckpointer(model, cfg=cfg).load(str(path))
