@@ -59,14 +59,21 @@ _LAZY = {
     "build_rexnet_fpn_backbone": ".modeling",
 }
 
-__all__ = [*_LAZY, "install_c_stand_in", "uses_c_stand_in"]
+# Subpackages and modules, also reachable as attributes (``resnet_backbones.data``).
+_SUBMODULES = (
+    "complexity", "config", "data", "engine", "modeling", "presets", "utils", "visualize", "weights"
+)  # fmt: skip
+
+__all__ = [*_LAZY, *_SUBMODULES, "install_c_stand_in", "uses_c_stand_in"]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

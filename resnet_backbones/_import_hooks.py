@@ -11,24 +11,46 @@ post-import hook of PEP 369 (withdrawn), as ``wrapt.when_imported`` implements i
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import sys
 import threading
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["when_imported"]
 
 _lock = threading.Lock()
 
 
+class _ThenLoader(importlib.abc.Loader):
+    """Loads a module with its own loader, then calls the hooks. A new object for each module,
+    so a loader shared by many modules (a zip importer) is never changed."""
+
+    def __init__(self, loader: importlib.abc.Loader, then: Callable[[], None]) -> None:
+        self._loader = loader
+        self._then = then
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        self._then()
+
+    def __getattr__(self, name: str) -> Any:  # get_resource_reader, get_data, is_package ...
+        return getattr(self._loader, name)
+
+
 class _PostImportFinder(importlib.abc.MetaPathFinder):
-    """Finds ``name`` with the other finders, and wraps its loader to call ``callbacks`` after
-    the module has run. Removes itself once it has done so."""
+    """Finds ``name`` with the other finders and hands its spec a loader that calls
+    ``callbacks`` once the module has run; then removes itself."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.callbacks: list[Callable[[], None]] = []
 
-    def find_spec(self, fullname: str, path: Optional[Sequence[str]], target=None):
+    def find_spec(
+        self, fullname: str, path: Optional[Sequence[str]], target=None
+    ) -> Optional[importlib.machinery.ModuleSpec]:
         if fullname != self.name:
             return None
         for finder in sys.meta_path:
@@ -39,21 +61,17 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
                 break
         else:
             return None
-        loader = spec.loader
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        run_module = loader.exec_module
-
-        def exec_module(module) -> None:
-            run_module(module)
-            with _lock:
-                if self in sys.meta_path:
-                    sys.meta_path.remove(self)
-            for callback in self.callbacks:
-                callback()
-
-        loader.exec_module = exec_module
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _ThenLoader(spec.loader, self._run)
         return spec
+
+    def _run(self) -> None:
+        with _lock:
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 def when_imported(name: str, callback: Callable[[], None]) -> None:

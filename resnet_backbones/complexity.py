@@ -187,10 +187,15 @@ def torchvision_published(name: str) -> dict[str, Any]:
     from .weights.catalog import CATALOG
 
     weights = next(
-        e.torchvision_weights
-        for e in CATALOG.values()
-        if e.preset == name and (e.torchvision_weights or "").endswith("IMAGENET1K_V1")
+        (
+            e.torchvision_weights
+            for e in CATALOG.values()
+            if e.preset == name and (e.torchvision_weights or "").endswith("IMAGENET1K_V1")
+        ),
+        None,
     )
+    if weights is None:
+        raise ValueError(f"preset {name!r} has no torchvision IMAGENET1K_V1 weights in the catalog")
     enum, member = weights.split(".")
     meta = getattr(getattr(tvm, enum), member).meta
     return {"params": meta["num_params"], "gmacs": meta["_ops"]}

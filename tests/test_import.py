@@ -72,3 +72,17 @@ def test_public_names_are_imported_on_first_use():
         assert "no attribute 'no_such_name'" in str(e)
     else:
         raise AssertionError("an unknown name must be an AttributeError")
+
+
+def test_any_module_of_the_package_may_be_imported_first():
+    for first in ("resnet_backbones.config", "resnet_backbones.presets",
+                  "resnet_backbones.weights.catalog", "resnet_backbones.modeling"):  # fmt: skip
+        out = _run(
+            f"import {first}\n"
+            "from resnet_backbones.presets import preset_config\n"
+            "from detectron2.modeling import build_backbone\n"
+            "cfg = preset_config('R-18')\n"
+            "cfg.MODEL.DEVICE = 'cpu'\n"
+            "print(type(build_backbone(cfg)).__name__)\n"
+        )
+        assert out == "ResNetFamily", first

@@ -10,8 +10,8 @@ import torchvision
 from resnet_backbones.config import build_clean_backbone
 from resnet_backbones.presets import ARCHS, PRESETS, arch_config
 from resnet_backbones.weights import catalog
+from resnet_backbones.weights.catalog import arch_input
 from resnet_backbones.weights.detect import FORMATS, detect
-from resnet_backbones.weights.export import arch_input
 from resnet_backbones.weights.mappings import to_backbone
 
 from .helpers import REPO, reference_state

@@ -18,10 +18,11 @@ from resnet_backbones.engine import Trainer, load_config
 from resnet_backbones.presets import ARCHS
 from resnet_backbones.utils import config_yaml
 from resnet_backbones.weights import mappings
+from resnet_backbones.weights.catalog import fitting_config
 from resnet_backbones.weights.checkpoint import FamilyCheckpointer, prepare_checkpoint
 from resnet_backbones.weights.detect import detect
 from resnet_backbones.weights.errors import UnsafeWeightsError
-from resnet_backbones.weights.export import arch_input, export_weights
+from resnet_backbones.weights.export import export_weights
 
 from .helpers import (
     QUICKSTART,
@@ -128,8 +129,7 @@ def test_timm_weights_through_model_weights_and_the_exporter(tmp_path, name):
         expected = timm_stages(name, reference, x)
 
     cfg = default_cfg("Base-RCNN-FPN.yaml")
-    config = {**arch_input(name).config, **ARCHS[name].config}
-    cfg.merge_from_other_cfg(cfg.load_cfg(config_yaml(config)))
+    cfg.merge_from_other_cfg(cfg.load_cfg(config_yaml(fitting_config(name))))
     assert detect(reference.state_dict()).format == "timm"
     cfg.MODEL.WEIGHTS = str(path)
     assert_stages_close(load_weights(cfg), expected, x)
@@ -157,6 +157,22 @@ def test_msra_pkl_through_model_weights(tmp_path, caplog):
     with torch.no_grad():
         expected = [source.backbone.bottom_up(x)[s] for s in STAGES]
     assert_stages_close(model, expected, x)
+
+
+def test_caffe2_names_wrapped_as_detectron2_does_load_as_detectron2_loads_them(tmp_path):
+    """{"model": Caffe2 names, "__author__": "Caffe2", "matching_heuristics": True}: detectron2's
+    name matching with its Caffe2 renaming, exactly as its own checkpointer does it (the oracle:
+    our generated file is safe to unpickle)."""
+    cfg = default_cfg("Base-RCNN-FPN.yaml", ["MODEL.RESNETS.DEPTH", "50"])
+    blobs = to_caffe2_names(msra_source(cfg).backbone.bottom_up.state_dict())
+    path = tmp_path / "R-50-wrapped.pkl"
+    checkpoint = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+    path.write_bytes(pickle.dumps(checkpoint, protocol=2))
+    reference = build_model(cfg).eval()
+    DetectionCheckpointer(reference).load(str(path))
+    ours = load_weights(cfg, str(path)).state_dict()
+    for name, tensor in reference.backbone.bottom_up.state_dict().items():
+        assert torch.equal(ours[f"backbone.bottom_up.{name}"], tensor), name
 
 
 @pytest.mark.parametrize("layout", ["prefixed .pkl", "bare .pth", "bare .pth, heuristics"])

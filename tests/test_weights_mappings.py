@@ -10,6 +10,8 @@ import pytest
 import torch
 import torchvision
 
+from resnet_backbones.weights import mappings
+from resnet_backbones.weights.detect import detect
 from resnet_backbones.weights.errors import WeightsFormatError
 from resnet_backbones.weights.mappings import (
     BACKBONE_NAME,
@@ -96,14 +98,17 @@ def test_an_unknown_name_is_an_error_listing_it():
         to_backbone("torchvision", state, family="resnet")
 
 
-def test_unknown_names_are_an_error_listing_them_and_no_exception_is_control_flow():
+def test_unknown_names_are_an_error_listing_them_and_no_exception_is_control_flow(monkeypatch):
     names = _reference_names("seresnet")
     # A plain torchvision table does not know timm's SE layers.
     unknown = unmatched_names(names, FAMILIES["resnet"].rules)
     assert unknown and all(".se." in n for n in unknown)
     with pytest.raises(WeightsFormatError, match=r"parameter\(s\) match no rule.*\.se\.fc1"):
         rename_names(names, FAMILIES["resnet"].rules)
+    # Detection asks the tables which names they do not match; it never renames (or catches).
+    monkeypatch.setattr(mappings, "rename_names", None)
     assert families_reading(names) == ("seresnet",)
+    assert detect(dict.fromkeys(names, torch.zeros(1))).families == ("seresnet",)
 
 
 def test_nested_families_rename_a_file_they_all_read_identically():

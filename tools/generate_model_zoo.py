@@ -107,8 +107,7 @@ def _pixels(config: dict) -> str:
 
 def render_weights(complexity: dict) -> str:
     from resnet_backbones.presets import ARCHS
-    from resnet_backbones.weights.catalog import CATALOG
-    from resnet_backbones.weights.export import arch_input
+    from resnet_backbones.weights.catalog import CATALOG, fitting_config
 
     lines = [
         "| `MODEL.WEIGHTS` | published by (format) | architecture | params (M) | GMACs | "
@@ -156,7 +155,7 @@ def render_weights(complexity: dict) -> str:
         "| --- | --- | --- | --- |",
     ]
     for name, arch in ARCHS.items():
-        config = {**arch_input(name).config, **arch.config}
+        config = fitting_config(name)
         lines.append(f"| `{name}` | {arch.source} | {_pixels(config)} | {_keys(config)} |")
     lines.append("")
     return "\n".join(lines)

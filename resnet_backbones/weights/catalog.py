@@ -15,7 +15,15 @@ from __future__ import annotations
 from .download import hash_prefix_from_url
 from .entry import PixelInput, WeightsEntry
 
-__all__ = ["CATALOG", "FAIR_BGR", "HALF_RGB", "IMAGENET_RGB", "MSRA_BGR"]
+__all__ = [
+    "CATALOG",
+    "FAIR_BGR",
+    "HALF_RGB",
+    "IMAGENET_RGB",
+    "MSRA_BGR",
+    "arch_input",
+    "fitting_config",
+]
 
 # How the publishers fed their networks: channel order, then mean and std in 0..255 units.
 # torchvision and most of timm: RGB normalised by the ImageNet mean and std (x 255).
@@ -200,3 +208,28 @@ _ENTRIES = _TORCHVISION + _DETECTRON2 + _TIMM
 CATALOG: dict[str, WeightsEntry] = {entry.name: entry for entry in _ENTRIES}
 if len(CATALOG) != len(_ENTRIES):
     raise RuntimeError("two catalog entries have the same name")
+
+
+def arch_input(arch: str) -> PixelInput:
+    """How the published weights of ``arch`` (a key of :data:`~resnet_backbones.presets.ARCHS`)
+    were fed: the input of its catalog entries.
+
+    Raises:
+        ValueError: no catalog entry has weights of ``arch``, or its entries disagree.
+    """
+    inputs = {e.input for e in CATALOG.values() if e.arch == arch}
+    if len(inputs) != 1:
+        found = "no catalog entry" if not inputs else f"{len(inputs)} different inputs"
+        raise ValueError(
+            f"arch = {arch!r}: its published weights give {found} (input format and pixel "
+            "statistics); exactly one is needed to write its config"
+        )
+    return inputs.pop()
+
+
+def fitting_config(arch: str) -> dict:
+    """Config keys that build the network of ``arch`` and feed it as its published weights were
+    trained: its input (:func:`arch_input`), then its network and layout."""
+    from ..presets import get_arch
+
+    return {**arch_input(arch).config, **get_arch(arch).config}

@@ -26,15 +26,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
 from . import mappings
 from .detect import WeightsFile, read_weights
-from .mappings import BACKBONE_FORMATS, BACKBONE_NAME, as_tensor, choose_family
+from .mappings import BACKBONE_FORMATS, BACKBONE_NAME, choose_family
 from .metadata import check_metadata, expected_metadata, has_bottlenecks
 from .place import BackboneReport, backbone_of_model, check_backbone, place
 from .resolve import catalog_entry_for, resolve, weights_path_manager
@@ -61,26 +59,6 @@ class PreparedCheckpoint:
     weights: WeightsFile
     family: Optional[str]
     report: BackboneReport
-
-
-def _detectron2_state(weights: WeightsFile, model_state: dict[str, Any]) -> dict[str, Any]:
-    """A detectron2, pycls or Detectron1 state under the model's names, as detectron2 would
-    name it: by its name-matching heuristics where the file asks for them, else as it is (a
-    bare backbone state placed under the model's backbone)."""
-    state = dict(weights.state_dict)
-    if weights.format == "pycls":
-        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    heuristics = weights.format in ("pycls", "msra") or weights.extra.get("matching_heuristics")
-    state = {name: as_tensor(value) for name, value in state.items()}
-    torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "module.")
-    if heuristics:
-        # Detectron1 files ({"blobs": ...}) have Caffe2 names; the others detectron2's.
-        return align_and_update_state_dicts(
-            model_state, state, c2_conversion=weights.format == "msra"
-        )
-    if not set(state) & set(model_state) and all(BACKBONE_NAME.fullmatch(n) for n in state):
-        return place(state, model_state)
-    return state
 
 
 def _frozen_norm_statistics(model: nn.Module) -> set[str]:
@@ -125,8 +103,15 @@ def prepare_checkpoint(
         )
         state = place(backbone, model_state)
         checkpoint: dict[str, Any] = {"model": state, "__author__": weights.format}
+        if weights.metadata:
+            checkpoint["metadata"] = weights.metadata
     else:
-        state = _detectron2_state(weights, model_state)
+        state, matched = mappings.detectron2_to_model(
+            weights.format, weights.state_dict, weights.extra, model_state
+        )
+        if not matched and not set(state) & set(model_state):
+            if all(BACKBONE_NAME.fullmatch(n) for n in state):  # a bare backbone's state
+                state = place(state, model_state)
         checkpoint = {**weights.extra, "model": state, "matching_heuristics": False}
 
     report = check_backbone(  # 6
@@ -179,6 +164,11 @@ class FamilyCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.cfg = cfg
         self.path_manager = weights_path_manager()
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        # Never detectron2's: it unpickles .pkl files with plain pickle. Our load() does not
+        # call this; any other caller gets the whole pipeline.
+        return prepare_checkpoint(filename, self.model, self.cfg).checkpoint
 
     def load(self, path: str, checkpointables: Optional[list[str]] = None) -> dict[str, Any]:
         """Loads ``path`` into the model (and the ``checkpointables`` it holds, all by default),

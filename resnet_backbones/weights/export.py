@@ -15,15 +15,14 @@ import torch
 from ..config import build_clean_backbone
 from ..presets import ARCHS, arch_config, get_arch
 from ..utils import atomic_write, config_yaml
-from .catalog import CATALOG
+from .catalog import fitting_config
 from .detect import read_weights
 from .download import sha256_of_file
-from .entry import PixelInput
 from .errors import BackboneMismatchError, WeightsFormatError
 from .mappings import to_backbone
 from .metadata import metadata_from_config
 
-__all__ = ["EXPORT_SOURCES", "arch_input", "export_weights", "fragment_path"]
+__all__ = ["EXPORT_SOURCES", "export_weights", "fragment_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,21 +39,6 @@ _READABLE = {
 def fragment_path(dst: str) -> str:
     """The YAML fragment written beside ``dst``: same path, extension ``.yaml``."""
     return os.path.splitext(dst)[0] + ".yaml"
-
-
-def arch_input(arch: str) -> PixelInput:
-    """How the published weights of ``arch`` were fed (those of its catalog entries).
-
-    Raises:
-        ValueError: no catalog entry has weights of ``arch``, or its entries disagree.
-    """
-    inputs = {e.input for e in CATALOG.values() if e.arch == arch}
-    if len(inputs) != 1:
-        raise ValueError(
-            f"arch = {arch!r}: its catalog entries give {len(inputs)} different input formats "
-            "and pixel statistics; one is needed to write the config"
-        )
-    return inputs.pop()
 
 
 def export_weights(src: str, dst: str, *, source: str, arch: str) -> tuple[str, str]:
@@ -110,7 +94,7 @@ def export_weights(src: str, dst: str, *, source: str, arch: str) -> tuple[str, 
         # BN's counter of batches: no numerical meaning, and FrozenBN has no such buffer.
         if not name.endswith("num_batches_tracked")
     }
-    config = {**arch_input(arch).config, **row.config}
+    config = fitting_config(arch)
     try:
         build_clean_backbone(arch_config(arch)).load_state_dict(state, strict=True)
     except RuntimeError as e:

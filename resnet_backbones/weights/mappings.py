@@ -32,14 +32,17 @@ from .errors import WeightsFormatError
 __all__ = [
     "BACKBONE_FORMATS",
     "BACKBONE_NAME",
+    "C4_HEAD",
     "FAMILIES",
     "Family",
     "Rule",
     "as_tensor",
+    "backbone_name",
     "backbone_prefix",
     "caffe2_to_backbone",
     "choose_family",
     "detectron2_to_backbone",
+    "detectron2_to_model",
     "families_reading",
     "rename_names",
     "to_backbone",
@@ -52,6 +55,8 @@ Rule = tuple[str, Optional[str]]
 
 # Our backbone's names: what every mapping produces and every checkpoint is placed from.
 BACKBONE_NAME = re.compile(r"(stem|res[2-5])\..+")
+# In a C4 detector, res5 is the RoI head's: "roi_heads.res5.*".
+C4_HEAD = "roi_heads."
 _STEM_NAME = re.compile(r"(|.*?\.)stem\..+")
 
 _NORM = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -284,9 +289,19 @@ def caffe2_to_backbone(state: Mapping[str, Any], path: str) -> dict[str, Any]:
 def backbone_prefix(names: Iterable[str]) -> Optional[str]:
     """Where a model or checkpoint keeps its ResNet-family backbone: the shortest prefix of its
     ``stem.`` tensors (``"backbone.bottom_up."`` with FPN, ``"backbone."`` with C4, ``""`` for a
-    bare backbone); None if no name has a ``stem.`` module."""
+    bare backbone; the first in order on a tie); None if no name has a ``stem.`` module."""
     prefixes = {m[1] for name in names if (m := _STEM_NAME.fullmatch(name))}
-    return min(prefixes, key=len) if prefixes else None
+    return min(prefixes, key=lambda p: (len(p), p)) if prefixes else None
+
+
+def backbone_name(name: str, prefix: str) -> Optional[str]:
+    """Our name for a tensor of a model or checkpoint whose backbone is under ``prefix``: the rest
+    of ``prefix + ours``, or a C4 head's ``roi_heads.res5.*`` (res5 is the head's there); None for
+    a tensor of anything else."""
+    if name.startswith(C4_HEAD + "res5."):
+        return name[len(C4_HEAD) :]
+    ours = name[len(prefix) :] if name.startswith(prefix) else None
+    return ours if ours is not None and BACKBONE_NAME.fullmatch(ours) else None
 
 
 def detectron2_to_backbone(state: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -300,20 +315,30 @@ def detectron2_to_backbone(state: Mapping[str, Any], path: str) -> dict[str, Any
         raise WeightsFormatError(
             f"{path}: no backbone in this detectron2 checkpoint (no name has a 'stem.' module)"
         )
-    out = {
-        name[len(prefix) :]: value
-        for name, value in state.items()
-        if name.startswith(prefix) and BACKBONE_NAME.fullmatch(name[len(prefix) :])
-    }
-    # C4: res5 is the RoI head's.
-    out.update(
-        {
-            name[len("roi_heads.") :]: v
-            for name, v in state.items()
-            if name.startswith("roi_heads.res5.")
-        }
-    )
-    return out
+    return {ours: v for name, v in state.items() if (ours := backbone_name(name, prefix))}
+
+
+def detectron2_to_model(
+    fmt: str, state: Mapping[str, Any], extra: Mapping[str, Any], model_state: Mapping[str, Any]
+) -> tuple[dict[str, Any], bool]:
+    """A detectron2, pycls or Detectron1 state renamed by detectron2's own rules: the ``module.``
+    prefix of a DDP model stripped, then, where the file asks for them (pycls and Detectron1
+    files always do), detectron2's name-matching heuristics against the model's names, with its
+    Caffe2 renaming for Caffe2 files.
+
+    Returns:
+        ``(state as torch tensors, whether the heuristics named it)``.
+    """
+    if fmt == "pycls":
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    state = {name: as_tensor(value) for name, value in state.items()}
+    torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "module.")
+    if not (fmt in ("pycls", "msra") or extra.get("matching_heuristics")):
+        return state, False
+    from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+
+    caffe2 = fmt == "msra" or extra.get("__author__") == "Caffe2"
+    return align_and_update_state_dicts(model_state, state, c2_conversion=caffe2), True
 
 
 # ------------------------------------------------------------------------------------------

@@ -18,13 +18,12 @@ from typing import Collection, Mapping, Optional, Sequence, TypeVar
 
 from ..utils import first_n
 from .errors import BackboneMismatchError
-from .mappings import BACKBONE_NAME, backbone_prefix
+from .mappings import C4_HEAD, backbone_name, backbone_prefix
 
 __all__ = ["BackboneReport", "backbone_names", "backbone_of_model", "check_backbone", "place"]
 
 T = TypeVar("T")
 
-_C4_HEAD = "roi_heads."
 # A deformable conv's offset (and mask) conv: zero-initialised by design, so that training starts
 # from the regular conv; ImageNet weights of the regular network have none (as in detectron2).
 _DCN_OFFSET = re.compile(r"\.conv2_offset\.(weight|bias)$")
@@ -51,8 +50,8 @@ def place(backbone: Mapping[str, T], model_names: Collection[str]) -> dict[str, 
     placed = {}
     for name, tensor in backbone.items():
         target = prefix + name
-        if target not in model_names and _C4_HEAD + name in model_names:
-            target = _C4_HEAD + name
+        if target not in model_names and C4_HEAD + name in model_names:
+            target = C4_HEAD + name
         if target not in model_names and name.endswith("num_batches_tracked"):
             continue
         placed[target] = tensor
@@ -71,7 +70,7 @@ def backbone_names(model_names: Collection[str], optional: Collection[str] = ())
     return [
         n
         for n in model_names
-        if (n.startswith(prefix) or n.startswith(_C4_HEAD + "res5."))
+        if backbone_name(n, prefix) is not None
         and n not in optional
         and not n.endswith(".num_batches_tracked")
         and not _DCN_OFFSET.search(n)
@@ -182,13 +181,11 @@ def check_backbone(
         return report
 
     def stage_of(name: str) -> Optional[str]:
-        for p in (prefix, _C4_HEAD):
-            rest = name[len(p) :] if name.startswith(p) else None
-            if rest is not None and BACKBONE_NAME.fullmatch(rest):
-                if p == _C4_HEAD and not rest.startswith("res5."):
-                    return None
-                return p + rest.split(".")[0]
-        return None
+        """The model's module of ``name``'s stage (``backbone.res4``, ``roi_heads.res5``)."""
+        ours = backbone_name(name, prefix)
+        if ours is None:
+            return None
+        return (C4_HEAD if name.startswith(C4_HEAD) else prefix) + ours.split(".")[0]
 
     built = {stage_of(n) for n in model_shapes} - {None}
     for name in sorted(file_shapes, key=_natural):
@@ -207,6 +204,4 @@ def backbone_of_model(model_names: Collection[str]) -> set[str]:
     prefix = backbone_prefix(model_names)
     if prefix is None:
         return set()
-    ours = {n[len(prefix) :] for n in model_names if n.startswith(prefix)}
-    ours |= {n[len(_C4_HEAD) :] for n in model_names if n.startswith(_C4_HEAD + "res5.")}
-    return {n for n in ours if BACKBONE_NAME.fullmatch(n)}
+    return {ours for name in model_names if (ours := backbone_name(name, prefix))}
