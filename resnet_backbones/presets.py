@@ -300,8 +300,7 @@ if len(ARCHS) != sum(len(p.archs) for p in _ROWS):
 
 def get_arch(name: str) -> Arch:
     """The row of another library's network ``name``; a ValueError lists the valid names."""
-    if name not in ARCHS:
-        raise ValueError(f"arch = {name!r} is not valid; valid values: {', '.join(ARCHS)}")
+    check_choice("arch", name, ARCHS, quote=False)
     return ARCHS[name]
 
 

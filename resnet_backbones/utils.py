@@ -41,13 +41,13 @@ CACHE_ROOT_ENV = "RESNET_BACKBONES_CACHE"
 # ------------------------------------------------------------------------------------------
 # Validators
 # ------------------------------------------------------------------------------------------
-def check_choice(key: str, value: Any, valid: Iterable[Any]) -> None:
-    """Raises ValueError naming ``key``, the bad ``value`` and the valid ones."""
+def check_choice(key: str, value: Any, valid: Iterable[Any], *, quote: bool = True) -> None:
+    """Raises ValueError naming ``key``, the bad ``value`` and the valid ones (each in its repr,
+    or as plain text with ``quote=False``: names such as ``resnet18``)."""
     valid = tuple(valid)
     if value not in valid:
-        raise ValueError(
-            f"{key} = {value!r} is not valid; valid values: {', '.join(repr(v) for v in valid)}"
-        )
+        shown = ", ".join(repr(v) if quote else str(v) for v in valid)
+        raise ValueError(f"{key} = {value!r} is not valid; valid values: {shown}")
 
 
 def check_positive_int(key: str, value: Any, minimum: int = 1) -> None:

@@ -181,5 +181,5 @@ def test_to_backbone_renames_every_format_to_torch_tensors_under_our_names():
     assert all(isinstance(v, torch.Tensor) for v in to_backbone("detectron2", numpy_state).values())
     with pytest.raises(WeightsFormatError, match="pycls files cannot be renamed"):
         to_backbone("pycls", {"stem.conv.weight": torch.zeros(1)})
-    with pytest.raises(WeightsFormatError, match="family = 'nope' is not valid"):
+    with pytest.raises(ValueError, match="family = 'nope' is not valid; valid values: resnet, "):
         to_backbone("timm", tv, family="nope")

@@ -14,7 +14,7 @@ import torch
 
 from ..config import build_clean_backbone
 from ..presets import ARCHS, arch_config, get_arch
-from ..utils import atomic_write, config_yaml
+from ..utils import atomic_write, check_choice, config_yaml
 from .catalog import fitting_config
 from .detect import read_weights
 from .download import sha256_of_file
@@ -64,10 +64,7 @@ def export_weights(src: str, dst: str, *, source: str, arch: str) -> tuple[str, 
         WeightsFormatError: names that the arch's mapping table does not know (listing them).
         BackboneMismatchError: weights that do not load strictly into ``arch``.
     """
-    if source not in EXPORT_SOURCES:
-        raise ValueError(
-            f"source = {source!r} is not valid; valid values: {', '.join(EXPORT_SOURCES)}"
-        )
+    check_choice("source", source, EXPORT_SOURCES, quote=False)
     row = get_arch(arch)
     if source == "msra" and row.source != "msra":
         raise ValueError(

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ..utils import first_n
+from ..utils import check_choice, first_n
 from .errors import WeightsFormatError
 
 __all__ = [
@@ -381,12 +381,10 @@ def to_backbone(
         WeightsFormatError: names that ``family``'s rules do not read (listing them), a format
             without a backbone in our names (pycls), or a detectron2 checkpoint without a
             ResNet-family backbone.
+        ValueError: ``family`` is not a key of :data:`FAMILIES`.
     """
     if fmt in ("torchvision", "timm"):
-        if family not in FAMILIES:
-            raise WeightsFormatError(
-                f"family = {family!r} is not valid; valid values: {', '.join(FAMILIES)}"
-            )
+        check_choice("family", family, FAMILIES, quote=False)
         renamed = rename_names(state, FAMILIES[family].rules)
         out = {target: state[name] for name, target in renamed.items() if target is not None}
     elif fmt == "msra":
