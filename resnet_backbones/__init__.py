@@ -61,7 +61,8 @@ _LAZY = {
 
 # Subpackages and modules, also reachable as attributes (``resnet_backbones.data``).
 _SUBMODULES = (
-    "complexity", "config", "data", "engine", "modeling", "presets", "utils", "visualize", "weights"
+    "complexity", "config", "data", "engine", "model_zoo", "modeling", "presets", "utils",
+    "visualize", "weights",
 )  # fmt: skip
 
 __all__ = [*_LAZY, *_SUBMODULES, "install_c_stand_in", "uses_c_stand_in"]

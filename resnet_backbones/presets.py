@@ -118,7 +118,8 @@ class Preset:
             (a CIFAR network, built with :class:`ResNetClassifier`).
         keys: config keys that differ from detectron2's defaults, e.g.
             ``{"MODEL.RESNETS.DEPTH": 101}``.
-        configs: detection configs under ``configs/`` built on this preset.
+        configs: detection configs built on this preset, by their names relative to
+            ``configs/`` (:func:`resnet_backbones.model_zoo.get_config_file` gives the file).
         paper: where the network is defined.
         num_classes: classes of the classification head (CIFAR-10: 10).
         forms: the Faster R-CNN forms (:data:`DETECTOR_FORMS`) the network works in; a test
@@ -150,7 +151,7 @@ def _r(**keys: Any) -> dict[str, Any]:
 
 
 def _coco(*names: str) -> tuple[str, ...]:
-    return tuple(f"configs/COCO-Detection/faster_rcnn_{n}_3x.yaml" for n in names)
+    return tuple(f"COCO-Detection/faster_rcnn_{n}_3x.yaml" for n in names)
 
 
 # Torchvision/timm layout: stride in the 3x3 conv. MSRA/Caffe2 (detectron2's R-50/R-101
@@ -172,7 +173,7 @@ _ROWS = [
         "detection",
         _r(DEPTH=101),
         _coco("R_101_C4", "R_101_DC5", "R_101_FPN")
-        + ("configs/faster_rcnn_R101.yaml", "configs/COCO-Detection/faster_rcnn_R_101_C4_resnet_paper.yaml"),
+        + ("faster_rcnn_R101.yaml", "COCO-Detection/faster_rcnn_R_101_C4_resnet_paper.yaml"),
         "ResNet",
         archs=(_tv("resnet101"), _msra("R-101", stride_in_1x1=True)),
     ),

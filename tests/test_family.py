@@ -17,6 +17,7 @@ from torchvision.ops import deform_conv2d
 
 from resnet_backbones.config import FPN_BACKBONES, resnet_spec_from_config
 from resnet_backbones.engine import load_config
+from resnet_backbones.model_zoo import config_names, get_config_file
 from resnet_backbones.modeling import ResNetClassifier, ResNetFamily, resnet_spec
 from resnet_backbones.modeling.blocks import BasicBlock, BottleneckBlock
 from resnet_backbones.modeling.ops import DeformConv2d
@@ -491,7 +492,7 @@ def test_every_preset_config_builds_exactly_its_preset():
         expected_cfg = preset_config(name)
         for config in preset.configs:
             listed.append(config)
-            cfg = load_config(os.path.join(REPO, config))
+            cfg = load_config(get_config_file(config))
             if preset.keys.get("MODEL.BACKBONE.NAME", "").startswith("build_rexnet"):
                 assert cfg.MODEL.BACKBONE.NAME.startswith("build_rexnet")
                 assert cfg.MODEL.REXNET.WIDTH_MULT == expected_cfg.MODEL.REXNET.WIDTH_MULT
@@ -506,11 +507,7 @@ def test_every_preset_config_builds_exactly_its_preset():
             )  # fmt: skip
             assert got == want, config
     assert len(listed) == len(set(listed))
-    on_disk = {
-        os.path.relpath(os.path.join(root, f), REPO)
-        for root, _, files in os.walk(os.path.join(REPO, "configs", "COCO-Detection"))
-        for f in files
-    }
+    on_disk = {name for name in config_names() if name.startswith("COCO-Detection/")}
     assert on_disk <= set(listed), f"configs without a preset: {sorted(on_disk - set(listed))}"
 
 
@@ -528,7 +525,7 @@ def _covered_by_configs():
     covered = set()
     for name, preset in PRESETS.items():
         for config in preset.configs:
-            covered.add((name, _form_of(load_config(os.path.join(REPO, config)))))
+            covered.add((name, _form_of(load_config(get_config_file(config)))))
     return covered
 
 

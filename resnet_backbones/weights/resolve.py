@@ -31,6 +31,7 @@ __all__ = [
     "ZOO_PREFIX",
     "catalog_entry",
     "catalog_entry_for",
+    "fetch_url",
     "register_zoo_scheme",
     "resolve",
     "weights_path_manager",
@@ -89,6 +90,21 @@ def zoo_url(entry: WeightsEntry) -> str:
     if not base:
         return entry.url
     return base.rstrip("/") + "/" + os.path.basename(urllib.parse.urlparse(entry.url).path)
+
+
+def fetch_url(path: str) -> Optional[str]:
+    """The URL a weights path is fetched from: a ``resnet_backbones://`` name's
+    (:func:`zoo_url`), detectron2's file server for ``detectron2://``, an http(s) URL itself;
+    None for a local path.
+
+    Raises:
+        UnknownWeightsError: a ``resnet_backbones://`` name the catalog does not have.
+    """
+    if path.startswith(ZOO_PREFIX):
+        return zoo_url(catalog_entry(path[len(ZOO_PREFIX) :]))
+    if path.startswith((DETECTRON2_PREFIX, "https://", "http://")):
+        return _https_url(path)
+    return None
 
 
 class _DownloadingHandler(PathHandler):
