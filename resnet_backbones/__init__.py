@@ -9,7 +9,9 @@
   ``build_resnet_family_fpn_backbone``, ``build_resnet_family_retinanet_fpn_backbone``,
   ``build_rexnet_backbone``, ``build_rexnet_fpn_backbone`` and the C4 head
   ``Res5FamilyROIHeads``;
-* the model-zoo scheme ``resnet_backbones://NAME`` in detectron2's PathManager.
+* the model-zoo scheme ``resnet_backbones://NAME`` in detectron2's PathManager;
+* ``SOLVER.OPTIMIZER`` in detectron2's ``build_optimizer``, which ``DefaultTrainer`` calls, as
+  soon as ``detectron2.solver`` or ``detectron2.engine`` is imported (see :mod:`.solver`).
 
 It does not import ``detectron2.data``, register datasets, choose a matplotlib backend or seed
 a random generator. The built-in datasets ``shapes_train`` and ``shapes_val`` are registered by
@@ -43,6 +45,16 @@ register_zoo_scheme()
 # Importing our models registers them; detectron2's registries live in detectron2.modeling.
 when_imported("detectron2.modeling", lambda: importlib.import_module("resnet_backbones.modeling"))
 
+
+# detectron2's DefaultTrainer builds its optimizer with the build_optimizer that
+# detectron2.engine.defaults bound at import: make it ours, which honours SOLVER.OPTIMIZER.
+def _honour_solver_optimizer() -> None:
+    importlib.import_module("resnet_backbones.solver").install()
+
+
+when_imported("detectron2.solver.build", _honour_solver_optimizer)
+when_imported("detectron2.engine.defaults", _honour_solver_optimizer)
+
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported on first use.
@@ -61,8 +73,8 @@ _LAZY = {
 
 # Subpackages and modules, also reachable as attributes (``resnet_backbones.data``).
 _SUBMODULES = (
-    "complexity", "config", "data", "engine", "model_zoo", "modeling", "presets", "utils",
-    "visualize", "weights",
+    "complexity", "config", "data", "engine", "model_zoo", "modeling", "presets", "solver",
+    "utils", "visualize", "weights",
 )  # fmt: skip
 
 __all__ = [*_LAZY, *_SUBMODULES, "install_c_stand_in", "uses_c_stand_in"]

@@ -8,17 +8,30 @@ detectron2's layers are imported makes detectron2 importable; any op that really
 compiled code raises :class:`CompiledOpUnavailable`, naming the op and what to use instead.
 
 Where the real extension imports, it is left alone and this module is never registered.
+
+Registering it needs ``import resnet_backbones`` before ``import detectron2.modeling``. So that
+detectron2 imports in any order, :func:`install_c_shim` (run by ``tools/install_env.sh``) puts a
+tiny ``detectron2/_C.py`` (``_detectron2_c_shim.py``) into a detectron2 without compiled ops,
+which delegates to the stand-in; :func:`install_c_stand_in` then replaces it.
 """
 
 from __future__ import annotations
 
+import filecmp
+import glob
 import importlib
 import logging
+import os
+import shutil
 import sys
 import types
+from functools import cache
+from typing import Optional
 
 __all__ = [
     "CompiledOpUnavailable",
+    "c_stand_in",
+    "install_c_shim",
     "install_c_stand_in",
     "install_pillow_aliases",
     "uses_c_stand_in",
@@ -27,6 +40,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STAND_IN_NAME = "resnet_backbones stand-in for detectron2._C"
+# The attribute that tells our shim (_detectron2_c_shim.py as detectron2/_C.py) from the real _C.
+SHIM_MARKER = "RESNET_BACKBONES_C_SHIM"
+_SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_detectron2_c_shim.py")
 
 # Op-name prefix -> what to use instead. Op names are those that detectron2 v0.6 calls on ``_C``.
 _ALTERNATIVES: dict[str, str] = {
@@ -87,8 +103,15 @@ def uses_c_stand_in() -> bool:
     return isinstance(sys.modules.get("detectron2._C"), _StandInModule)
 
 
+@cache
+def c_stand_in() -> types.ModuleType:
+    """The one stand-in module (registered as ``detectron2._C`` by :func:`install_c_stand_in`)."""
+    return _StandInModule("detectron2._C", doc=STAND_IN_NAME)
+
+
 def install_c_stand_in() -> bool:
-    """Registers the stand-in as ``detectron2._C`` unless the compiled extension imports.
+    """Registers the stand-in as ``detectron2._C`` unless the compiled extension imports (our
+    shim, :func:`install_c_shim`, is not the extension: it is replaced).
 
     Returns:
         True if the stand-in is (now) in use, False if the real extension is.
@@ -96,16 +119,50 @@ def install_c_stand_in() -> bool:
     if uses_c_stand_in():
         return True
     try:
-        importlib.import_module("detectron2._C")
-        return False
+        module = importlib.import_module("detectron2._C")
     except ImportError as e:
         logger.debug("detectron2._C unavailable (%s); using %s", e, STAND_IN_NAME)
+    else:
+        if not getattr(module, SHIM_MARKER, False):
+            return False
     import detectron2
 
-    stand_in = _StandInModule("detectron2._C", doc=STAND_IN_NAME)
-    sys.modules["detectron2._C"] = stand_in
-    detectron2._C = stand_in
+    sys.modules["detectron2._C"] = c_stand_in()
+    detectron2._C = c_stand_in()
     return True
+
+
+def install_c_shim(detectron2_dir: Optional[str] = None) -> Optional[str]:
+    """Puts our shim into a detectron2 built without its compiled ops, as ``detectron2/_C.py``,
+    so that detectron2 imports before ``import resnet_backbones`` too. Idempotent.
+
+    Args:
+        detectron2_dir: the ``detectron2`` package folder (default: the installed one's).
+
+    Returns:
+        the path written, or None where nothing was written: the shim is there already, or
+        detectron2 has its compiled ``_C`` or a ``_C.py`` of its own (both left alone).
+    """
+    if detectron2_dir is None:
+        import detectron2
+
+        detectron2_dir = os.path.dirname(os.path.abspath(detectron2.__file__))
+    target = os.path.join(detectron2_dir, "_C.py")
+    compiled = glob.glob(os.path.join(detectron2_dir, "_C.*.so")) + glob.glob(
+        os.path.join(detectron2_dir, "_C*.pyd")
+    )
+    if compiled:
+        logger.info("detectron2 has its compiled ops (%s); no shim installed", compiled[0])
+        return None
+    if os.path.exists(target):
+        if filecmp.cmp(target, _SHIM_SOURCE, shallow=False):
+            return None
+        with open(target, encoding="utf-8", errors="replace") as f:
+            if SHIM_MARKER not in f.read():
+                logger.warning("%s is not resnet_backbones' shim; left alone", target)
+                return None
+    shutil.copyfile(_SHIM_SOURCE, target)
+    return target
 
 
 def install_pillow_aliases(image_module=None) -> None:

@@ -29,10 +29,12 @@ from detectron2.utils import comm
 # resnet_backbones.modeling call this module through `from .. import config`, at build time.
 from .modeling.base import FEATURE_NAMES
 from .modeling.spec import ResNetSpec, resnet_spec
+from .solver import OPTIMIZERS
 from .utils import ArgumentNames, check_choice, config_get
 
 __all__ = [
     "FPN_BACKBONES",
+    "MissingConfigKeysError",
     "OPTIMIZERS",
     "PLAIN_BACKBONES",
     "RESNETS_ARGUMENTS",
@@ -40,6 +42,7 @@ __all__ = [
     "REXNET_NAMES",
     "add_resnet_backbones_config",
     "build_clean_backbone",
+    "check_config_extended",
     "clean_backbone_config",
     "resnet_family_arguments",
     "resnet_spec_from_config",
@@ -48,8 +51,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-OPTIMIZERS = ("SGD", "AdamW")
 
 _RESNETS_KEYS = {
     # Shortcut option of the ResNet paper (Sec. 3.3): "A" identity with zero-padded extra
@@ -105,10 +106,36 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
         if key not in cfg.MODEL.REXNET:
             setattr(cfg.MODEL.REXNET, key, default)
     if "OPTIMIZER" not in cfg.SOLVER:
-        # "SGD" (detectron2's, with SOLVER.MOMENTUM) or "AdamW"; read by resnet_backbones'
-        # Trainer. The CPU quickstart trains from scratch, where AdamW converges faster.
+        # "SGD" (detectron2's, with SOLVER.MOMENTUM) or "AdamW" (OPTIMIZERS); read by
+        # resnet_backbones.solver.build_optimizer, which detectron2's DefaultTrainer calls after
+        # `import resnet_backbones`. The CPU quickstart trains from scratch, where AdamW
+        # converges faster.
         cfg.SOLVER.OPTIMIZER = "SGD"
     return cfg
+
+
+class MissingConfigKeysError(AttributeError):
+    """A config that lacks our keys: :func:`add_resnet_backbones_config` was not called on it.
+    An ``AttributeError``, as a missing key of a detectron2 config is."""
+
+
+def check_config_extended(cfg: CfgNode) -> None:
+    """Fails, naming :func:`add_resnet_backbones_config`, where ``cfg`` lacks the keys it adds
+    (a plain ``get_cfg()`` would otherwise fail with a bare ``AttributeError: STEM``).
+
+    Raises:
+        MissingConfigKeysError: naming the missing keys and what to call.
+    """
+    missing = [f"MODEL.RESNETS.{k}" for k in _RESNETS_KEYS if k not in cfg.MODEL.RESNETS]
+    rexnet = cfg.MODEL.get("REXNET", {})
+    missing += [f"MODEL.REXNET.{k}" for k in _REXNET_KEYS if k not in rexnet]
+    if missing:
+        raise MissingConfigKeysError(
+            f"the config lacks resnet_backbones' keys ({', '.join(missing)}): call "
+            "resnet_backbones.add_resnet_backbones_config(cfg) on it right after get_cfg(), "
+            "before merging our YAML files and building the model (or take the config from "
+            "resnet_backbones.model_zoo.get_config(name))"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,6 +197,7 @@ def resolve_norm(norm: str, key: str) -> str:
 
 
 def _resnet_spec(cfg: CfgNode, *, resolve: bool) -> ResNetSpec:
+    check_config_extended(cfg)
     arguments = {arg: config_get(cfg, RESNETS_NAMES[arg]) for arg in RESNETS_ARGUMENTS}
     if resolve:
         arguments["norm"] = resolve_norm(arguments["norm"], RESNETS_NAMES["norm"])
@@ -201,6 +229,7 @@ def resnet_family_arguments(cfg: CfgNode) -> dict[str, Any]:
 def rexnet_arguments(cfg: CfgNode) -> dict[str, Any]:
     """The keyword arguments of ``ReXNet`` for ``cfg`` (all but ``in_channels``): ``MODEL.REXNET``
     with the norm resolved for this run, ``FREEZE_AT`` and the key names."""
+    check_config_extended(cfg)
     r = cfg.MODEL.REXNET
     return {
         "width_mult": r.WIDTH_MULT,
@@ -250,6 +279,7 @@ def clean_backbone_config(
     """
     check_choice("features", features, ("all", "last"))
     check_choice("MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME, PLAIN_BACKBONES)
+    check_config_extended(cfg)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.BACKBONE.NAME = PLAIN_BACKBONES[cfg.MODEL.BACKBONE.NAME]

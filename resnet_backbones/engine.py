@@ -12,12 +12,12 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
+from . import solver
 from ._compat import uses_c_stand_in
-from .config import OPTIMIZERS, add_resnet_backbones_config
+from .config import add_resnet_backbones_config
 from .data import register_datasets
-from .utils import check_choice, first_n
+from .utils import first_n
 from .weights.checkpoint import FamilyCheckpointer
 
 __all__ = ["DatasetNotFoundError", "Trainer", "check_datasets", "load_config", "use_cpu_if_no_cuda"]
@@ -124,21 +124,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """detectron2's SGD, or AdamW where ``SOLVER.OPTIMIZER`` says so (same param groups,
-        weight decay rules and gradient clipping)."""
-        check_choice("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, OPTIMIZERS)
-        if cfg.SOLVER.OPTIMIZER == "SGD":
-            return super().build_optimizer(cfg, model)
-        params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        )
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-        )
+        """:func:`resnet_backbones.solver.build_optimizer`: detectron2's SGD, or AdamW where
+        ``SOLVER.OPTIMIZER`` says so."""
+        return solver.build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):

@@ -4,7 +4,8 @@
 # Idempotent: a second run only checks that everything is there. detectron2 v0.6 comes from
 # the `pb1-detectron2` source distribution (byte-identical Python files to upstream v0.6), built
 # without its compiled extension `detectron2._C`; resnet_backbones provides a stand-in for it
-# (see resnet_backbones/_compat.py). Set VENV=path to install elsewhere.
+# (see resnet_backbones/_compat.py), and a shim `detectron2/_C.py` that reaches it (step 4). Set
+# VENV=path to install elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -44,4 +45,9 @@ fi
 grep -v -E '^(torch|torchvision|pb1-detectron2)==' "$REQ" > "$VENV/.requirements-rest.txt"
 pip_install -r "$VENV/.requirements-rest.txt"
 pip_install --no-deps --no-build-isolation -e .
-"$PY" -c "import resnet_backbones" 
+
+# 4. Without the compiled ops, a tiny detectron2/_C.py that delegates to our stand-in, so that
+# detectron2 imports before resnet_backbones too (resnet_backbones/_compat.py: install_c_shim;
+# a detectron2 with its compiled _C, or a _C.py of its own, is left alone).
+"$PY" -c "from resnet_backbones._compat import install_c_shim; p = install_c_shim(); p and print('installed', p)"
+"$PY" -c "import detectron2.modeling, resnet_backbones"
