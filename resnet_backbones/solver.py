@@ -75,7 +75,8 @@ def install() -> None:
     for name in ("detectron2.solver.build", "detectron2.solver", "detectron2.engine.defaults"):
         module = sys.modules.get(name)
         original = getattr(module, "build_optimizer", None)
-        if original is None or original is build_optimizer:
+        # Ours already (also a copy from before an importlib.reload of this module).
+        if original is None or getattr(original, "__module__", None) == __name__:
             continue
         if name == "detectron2.solver.build":
             _detectron2_sgd = original

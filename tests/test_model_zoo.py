@@ -11,7 +11,7 @@ from resnet_backbones import model_zoo
 from resnet_backbones.engine import load_config
 from resnet_backbones.presets import PRESETS
 from resnet_backbones.weights.catalog import CATALOG
-from resnet_backbones.weights.resolve import DETECTRON2_BASE_URL, ZOO_BASE_URL_ENV
+from resnet_backbones.weights.resolve import DETECTRON2_BASE_URL, ZOO_BASE_URL_ENV, fetch_url
 
 from .helpers import REPO
 
@@ -88,5 +88,8 @@ def test_checkpoint_url_is_the_https_url_of_the_initial_weights(monkeypatch):
     assert model_zoo.get_checkpoint_url(zoo) == (
         "https://mirror.example/zoo/" + entry.url.rsplit("/", 1)[1]
     )
+    # fetch_url, which it uses: a local path has none.
+    assert fetch_url("/data/R-50.pkl") is None and fetch_url("R-50.pkl") is None
+    assert fetch_url("https://example.com/w.pth") == "https://example.com/w.pth"
     with pytest.raises(ValueError, match="trains from random initialisation"):
         model_zoo.get_checkpoint_url("COCO-Detection/faster_rcnn_SE_R_101_FPN_3x.yaml")
