@@ -27,7 +27,7 @@ from .config import add_resnet_backbones_config
 from .weights.resolve import DETECTRON2_PREFIX, ZOO_PREFIX, fetch_url
 
 __all__ = [
-    "DETECTRON2_TRAINED",
+    "DETECTRON2_NETWORKS",
     "configs_dir",
     "config_names",
     "get_checkpoint_url",
@@ -38,16 +38,14 @@ __all__ = [
 # A config of every tree; its presence tells the configs folder from any other "configs".
 _MARKER = "Base-RCNN-FPN.yaml"
 
-# Our configs that build detectron2's own network (default keys: the parity tests build them
-# with detectron2's backbone and head and compare) -> the detectron2 model-zoo config whose
-# COCO-trained checkpoint therefore loads into them.
-DETECTRON2_TRAINED: dict[str, str] = {
-    f"COCO-Detection/faster_rcnn_R_{depth}_{form}_3x.yaml": (
-        f"COCO-Detection/faster_rcnn_R_{depth}_{form}_3x.yaml"
-    )
+# Our configs that build detectron2's own network (default keys; the parity tests build them
+# with detectron2's backbone and head and compare): detectron2's COCO-trained checkpoint of the
+# model-zoo config of the same name loads into them.
+DETECTRON2_NETWORKS: tuple[str, ...] = tuple(
+    f"COCO-Detection/faster_rcnn_R_{depth}_{form}_3x.yaml"
     for depth in (50, 101)
     for form in ("C4", "DC5", "FPN")
-}
+)
 
 
 @cache
@@ -115,7 +113,7 @@ def get_config(config_path: str, trained: bool = False) -> CfgNode:
         config_path: see :func:`get_config_file`.
         trained: as in ``detectron2.model_zoo.get_config``, ask for COCO-trained weights. We
             publish none, so True is refused, naming the detectron2 checkpoint that loads into
-            the config where there is one (:data:`DETECTRON2_TRAINED`).
+            the config where there is one (:data:`DETECTRON2_NETWORKS`).
 
     Raises:
         FileNotFoundError: no such config.
@@ -125,11 +123,10 @@ def get_config(config_path: str, trained: bool = False) -> CfgNode:
     cfg.merge_from_file(get_config_file(config_path))
     if trained:
         name = config_path.replace(os.sep, "/")
-        if name in DETECTRON2_TRAINED:
+        if name in DETECTRON2_NETWORKS:
             advice = (
                 f"it builds detectron2's own network, so detectron2's checkpoint loads into it: "
-                f"set MODEL.WEIGHTS to detectron2.model_zoo.get_checkpoint_url("
-                f"{DETECTRON2_TRAINED[name]!r})"
+                f"set MODEL.WEIGHTS to detectron2.model_zoo.get_checkpoint_url({name!r})"
             )
         else:
             advice = "train it, then load its model_final.pth"

@@ -61,7 +61,7 @@ def test_trained_weights_are_refused_honestly():
     with pytest.raises(ValueError, match="train it, then load its model_final.pth"):
         model_zoo.get_config("COCO-Detection/faster_rcnn_SE_R_101_FPN_3x.yaml", trained=True)
     # Every config said to build detectron2's network is one of ours with its default keys.
-    for name in model_zoo.DETECTRON2_TRAINED:
+    for name in model_zoo.DETECTRON2_NETWORKS:
         resnets = model_zoo.get_config(name).MODEL.RESNETS
         assert (resnets.SHORTCUT, resnets.BLOCK_ORDER, resnets.STEM) == ("B", "post", "basic")
 
