@@ -3,7 +3,7 @@ environment, used from another directory with the README's snippet. The environm
 this one's torch and detectron2 (a ``.pth`` line naming their site-packages, which does not run
 that folder's own ``.pth`` files, so an editable install of the checkout stays out of it)."""
 
-import importlib.util
+import importlib.metadata
 import os
 import re
 import shutil
@@ -16,7 +16,18 @@ import pytest
 
 from .helpers import REPO
 
-_MISSING = [m for m in ("pip", "setuptools", "venv") if importlib.util.find_spec(m) is None]
+
+def _installed(name: str) -> bool:
+    # Not importlib.util.find_spec: for "pip", setuptools' distutils hack takes that as pip
+    # starting and turns itself off, which breaks later imports of distutils in this process.
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+_MISSING = [m for m in ("pip", "setuptools") if not _installed(m)]
 pytestmark = pytest.mark.skipif(
     bool(_MISSING),
     reason=f"building and installing a wheel needs {', '.join(_MISSING)}, not installed here",
