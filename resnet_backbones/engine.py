@@ -16,7 +16,8 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 
 from ._compat import uses_c_stand_in
 from .config import OPTIMIZERS, add_resnet_backbones_config
-from .data import register_datasets
+from .data import DatasetNotFoundError, register_config_datasets, register_datasets
+from .data.coco_format import HOW_TO_REGISTER, config_source_dir, resolve_config_paths
 from .utils import check_choice, first_n
 from .weights.checkpoint import FamilyCheckpointer
 
@@ -25,18 +26,37 @@ __all__ = ["DatasetNotFoundError", "Trainer", "check_datasets", "load_config", "
 logger = logging.getLogger(__name__)
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset named in the config is not registered or its files are not on disk."""
+def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> CfgNode:
+    """detectron2's default config, extended with our keys, merged with one or more files in
+    order (a later file wins), then with ``KEY VALUE`` overrides.
 
+    Relative paths in ``DATASETS.COCO_FORMAT`` are made absolute as each file is merged:
+    relative to the folder of the YAML file that sets the key; in ``opts``, relative to the
+    working directory.
 
-def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
-    """detectron2's default config, extended with our keys, merged with a file and overrides."""
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file not found: {config_file!r}")
+    Raises:
+        FileNotFoundError: naming a config file that does not exist.
+    """
+    if isinstance(config_files, (str, os.PathLike)):
+        config_files = [config_files]
+    if not config_files:
+        raise ValueError("load_config needs at least one config file; none was given")
+    for config_file in config_files:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file not found: {str(config_file)!r}")
     cfg = get_cfg()
     add_resnet_backbones_config(cfg)
-    cfg.merge_from_file(config_file)
+    for config_file in config_files:
+        before = cfg.DATASETS.COCO_FORMAT
+        cfg.merge_from_file(str(config_file))
+        if cfg.DATASETS.COCO_FORMAT != before:
+            cfg.DATASETS.COCO_FORMAT = resolve_config_paths(
+                cfg.DATASETS.COCO_FORMAT, config_source_dir(str(config_file))
+            )
+    before = cfg.DATASETS.COCO_FORMAT
     cfg.merge_from_list(list(opts))
+    if cfg.DATASETS.COCO_FORMAT != before:
+        cfg.DATASETS.COCO_FORMAT = resolve_config_paths(cfg.DATASETS.COCO_FORMAT, os.getcwd())
     return cfg
 
 
@@ -70,7 +90,8 @@ def check_datasets(names: Sequence[str]) -> None:
         if name not in registered:
             raise DatasetNotFoundError(
                 f"dataset {name!r} is not registered; registered datasets include: "
-                f"{first_n(sorted(registered), 40)}"
+                f"{first_n(sorted(registered), 40)}. To use your own data, "
+                f"{HOW_TO_REGISTER}"
             )
         meta = MetadataCatalog.get(name)
         if getattr(meta, "generated_on_first_use", False):
@@ -106,7 +127,7 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
-        register_datasets()  # before DefaultTrainer builds the data loaders
+        register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
         super().__init__(cfg)
 
     def build_hooks(self):
