@@ -103,13 +103,14 @@ def write_pictures(cfg: CfgNode, model: torch.nn.Module, num_images: int, title:
             logger.warning("No learning curve: %s", e)
     if num_images > 0 and cfg.DATASETS.TEST:
         name = cfg.DATASETS.TEST[0]
+        records = DatasetCatalog.get(name)[:num_images]
         out = draw_detections(
             LoadedModelPredictor(cfg, model),
-            DatasetCatalog.get(name)[:num_images],
+            records,
             MetadataCatalog.get(name),
             os.path.join(cfg.OUTPUT_DIR, "detections.png"),
         )
-        logger.info("Wrote detections on %d images of %s to %s", num_images, name, out)
+        logger.info("Wrote detections on %d images of %s to %s", len(records), name, out)
 
 
 def load_for_evaluation(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> str:
@@ -196,6 +197,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.config_files:
         parser.error("a config is required: --config FILE (or --config-file FILE)")
+    # The overrides take the rest of the command line; a config key never starts with "--".
+    misplaced = [opt for opt in args.opts if opt.startswith("--")]
+    if misplaced:
+        parser.error(
+            f"{misplaced[0]} comes after the KEY VALUE overrides, which take the rest of the "
+            f"command line; put options first, e.g. --config FILE {misplaced[0]} ... KEY VALUE"
+        )
     args.config_file = args.config_files[-1]  # what detectron2's default_setup reads
     return args
 

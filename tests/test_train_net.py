@@ -94,7 +94,7 @@ def test_check_datasets_names_unregistered_dataset():
     assert "DATASETS.COCO_FORMAT: [[NAME, JSON_FILE, IMAGE_ROOT], ...]" in str(e.value)
 
 
-def test_command_line_flags():
+def test_command_line_flags(capsys):
     args = train_net.parse_args(
         [
             "--config",
@@ -121,6 +121,13 @@ def test_command_line_flags():
     assert args.opts == ["SOLVER.MAX_ITER", "3"]
     with pytest.raises(SystemExit):
         train_net.parse_args(["--config", "a.yaml", "--dataset", "d1", "d1.json"])
+    with pytest.raises(SystemExit):
+        train_net.parse_args(["--config", "a.yaml", "OUTPUT_DIR", "out", "--resume"])
+    err = capsys.readouterr().err
+    assert (
+        "--resume comes after the KEY VALUE overrides, which take the rest of the command line"
+        in err
+    )
     args = train_net.parse_args(
         [
             "--config",
@@ -186,7 +193,7 @@ def test_own_coco_data_trains_resumes_evaluates_and_draws(tmp_path, monkeypatch)
     assert "Starting training from iteration 2" in log  # continued, not restarted
 
     evaluate = [
-        "--config", QUICKSTART, "--eval-only", "--visualize", "2",
+        "--config", QUICKSTART, "--eval-only", "--visualize", "8",
         "--dataset", "mine_val", "mydata/annotations.json", "mydata/images",
         *opts, "DATASETS.TEST", "('mine_val',)",
     ]  # fmt: skip
@@ -200,6 +207,7 @@ def test_own_coco_data_trains_resumes_evaluates_and_draws(tmp_path, monkeypatch)
     # Only the first run, which did start from scratch, says so.
     assert log.count("Initializing model from scratch") == 1
     assert "Evaluation results for bbox" in evaluated
+    assert "Wrote detections on 4 images of mine_val" in evaluated  # all it has
     with open(out / "detections.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

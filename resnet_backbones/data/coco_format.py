@@ -38,7 +38,7 @@ __all__ = [
 COCO_FORMAT_KEY = "DATASETS.COCO_FORMAT"
 # How both ways of registering a dataset are spelled in messages.
 HOW_TO_REGISTER = (
-    "register your own COCO-format data with `--dataset NAME JSON_FILE IMAGE_ROOT` "
+    "register it in COCO format with `--dataset NAME JSON_FILE IMAGE_ROOT` "
     "(tools/train_net.py, repeatable) or the config key "
     "DATASETS.COCO_FORMAT: [[NAME, JSON_FILE, IMAGE_ROOT], ...]"
 )
