@@ -18,10 +18,18 @@ from ._compat import uses_c_stand_in
 from .config import OPTIMIZERS, add_resnet_backbones_config
 from .data import DatasetNotFoundError, register_config_datasets, register_datasets
 from .data.coco_format import HOW_TO_REGISTER, config_source_dir, resolve_config_paths
-from .utils import check_choice, first_n
+from .utils import check_choice, config_get, first_n
 from .weights.checkpoint import FamilyCheckpointer
 
-__all__ = ["DatasetNotFoundError", "Trainer", "check_datasets", "load_config", "use_cpu_if_no_cuda"]
+__all__ = [
+    "DatasetNotFoundError",
+    "NumClassesError",
+    "Trainer",
+    "check_datasets",
+    "check_num_classes",
+    "load_config",
+    "use_cpu_if_no_cuda",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +125,32 @@ def check_datasets(names: Sequence[str]) -> None:
             )
 
 
+class NumClassesError(ValueError):
+    """The model's number of classes is not the number of categories of its datasets."""
+
+
+def check_num_classes(cfg: CfgNode, names: Sequence[str]) -> None:
+    """Fails, naming the key to set, where the model's number of classes differs from the
+    number of categories of a loaded dataset (detectron2 does not check: with fewer classes
+    than categories the heads index out of range, with more they train outputs no box has).
+
+    Datasets not loaded yet (no ``thing_classes`` in their metadata) are not checked.
+    """
+    key = (
+        "MODEL.RETINANET.NUM_CLASSES"
+        if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+        else "MODEL.ROI_HEADS.NUM_CLASSES"
+    )
+    num_classes = config_get(cfg, key)
+    for name in names:
+        classes = getattr(MetadataCatalog.get(name), "thing_classes", None)
+        if classes is not None and len(classes) != num_classes:
+            raise NumClassesError(
+                f"{key} = {num_classes}, but dataset {name!r} has {len(classes)} categories "
+                f"({first_n(classes, 10)}); set {key} {len(classes)}"
+            )
+
+
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with COCO evaluation on pycocotools, loading MODEL.WEIGHTS
     with :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer`, and the built-in
@@ -142,6 +176,20 @@ class Trainer(DefaultTrainer):
             **old.checkpointables,
         )
         return super().build_hooks()
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        """detectron2's, then :func:`check_num_classes` on the training datasets it loaded."""
+        loader = super().build_train_loader(cfg)
+        check_num_classes(cfg, cfg.DATASETS.TRAIN)
+        return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        """detectron2's, then :func:`check_num_classes` on the dataset it loaded."""
+        loader = super().build_test_loader(cfg, dataset_name)
+        check_num_classes(cfg, [dataset_name])
+        return loader
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -39,7 +39,7 @@ from detectron2.utils.logger import setup_logger
 
 from .data import DatasetFormatError, DatasetNotFoundError, register_config_datasets
 from .data.coco_format import COCO_FORMAT_KEY, resolve_config_paths
-from .engine import Trainer, check_datasets, load_config, use_cpu_if_no_cuda
+from .engine import NumClassesError, Trainer, check_datasets, load_config, use_cpu_if_no_cuda
 from .visualize import draw_detections, plot_learning_curve
 from .weights.checkpoint import FamilyCheckpointer
 
@@ -53,7 +53,7 @@ class NothingToEvaluateError(FileNotFoundError):
 
 
 # What the command reports as one line instead of a traceback: the user's input is at fault.
-_INPUT_ERRORS = (DatasetFormatError, DatasetNotFoundError, NothingToEvaluateError)
+_INPUT_ERRORS = (DatasetFormatError, DatasetNotFoundError, NothingToEvaluateError, NumClassesError)
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -211,7 +211,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command: parses ``argv`` (default: ``sys.argv[1:]``) and runs on ``--num-gpus``
     processes. Returns 0, or 1 after a one-line error where a dataset or the weights to
-    evaluate are missing or malformed."""
+    evaluate are missing or malformed, or the number of classes is not the data's."""
     args = parse_args(argv)
     if args.num_gpus > 1 and not torch.cuda.is_available():
         logger.warning(

@@ -244,6 +244,20 @@ def test_invalid_json_fails_in_one_line_naming_the_file(tmp_path, capsys):
     )
 
 
+def test_num_classes_must_match_the_data(tmp_path, capsys):
+    data = write_coco_folder(tmp_path / "d", num_images=2)  # two categories: red, yellow
+    command = [
+        "--config", QUICKSTART, "--dataset", "two_classes", str(data / "annotations.json"),
+        str(data / "images"), *TINY_OWN_DATA, "OUTPUT_DIR", str(tmp_path / "o"),
+        "DATASETS.TRAIN", "('two_classes',)", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+    ]  # fmt: skip
+    assert train_net.main(command) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: NumClassesError: MODEL.ROI_HEADS.NUM_CLASSES = 3, but dataset 'two_classes' has 2 "
+        "categories (red, yellow); set MODEL.ROI_HEADS.NUM_CLASSES 2"
+    )
+
+
 def test_coco_format_errors_name_the_path_and_the_fix(tmp_path):
     data = write_coco_folder(tmp_path / "d", num_images=1)
     json_file, images = str(data / "annotations.json"), str(data / "images")
