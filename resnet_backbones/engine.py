@@ -153,8 +153,9 @@ def check_num_classes(cfg: CfgNode, names: Sequence[str]) -> None:
 
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with COCO evaluation on pycocotools, loading MODEL.WEIGHTS
-    with :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer`, and the built-in
-    datasets registered.
+    with :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer`, the built-in datasets
+    and ``DATASETS.COCO_FORMAT`` registered, and the number of classes checked against the data
+    (:func:`check_num_classes`).
 
     Without detectron2's compiled ops, COCOEvaluator's fast path is unavailable; the evaluator
     then runs plain pycocotools (``use_fast_impl=False``), with the same numbers.
