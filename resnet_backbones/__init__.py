@@ -74,7 +74,7 @@ _LAZY = {
 # Subpackages and modules, also reachable as attributes (``resnet_backbones.data``).
 _SUBMODULES = (
     "complexity", "config", "data", "engine", "model_zoo", "modeling", "presets", "solver",
-    "utils", "visualize", "weights",
+    "train_net", "utils", "visualize", "weights",
 )  # fmt: skip
 
 __all__ = [*_LAZY, *_SUBMODULES, "install_c_stand_in", "uses_c_stand_in"]

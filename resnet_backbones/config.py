@@ -111,6 +111,11 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
         # `import resnet_backbones`. The CPU quickstart trains from scratch, where AdamW
         # converges faster.
         cfg.SOLVER.OPTIMIZER = "SGD"
+    if "COCO_FORMAT" not in cfg.DATASETS:
+        # Your own COCO-format datasets, [[NAME, JSON_FILE, IMAGE_ROOT], ...], registered under
+        # NAME for DATASETS.TRAIN/TEST by the Trainer and tools/train_net.py; relative paths are
+        # relative to the YAML file that sets the key (resnet_backbones/data/coco_format.py).
+        cfg.DATASETS.COCO_FORMAT = []
     return cfg
 
 

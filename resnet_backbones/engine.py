@@ -16,27 +16,55 @@ from detectron2.evaluation import COCOEvaluator
 from . import solver
 from ._compat import uses_c_stand_in
 from .config import add_resnet_backbones_config
-from .data import register_datasets
-from .utils import first_n
+from .data import DatasetNotFoundError, register_config_datasets, register_datasets
+from .data.coco_format import HOW_TO_REGISTER, config_source_dir, resolve_config_paths
+from .utils import config_get, first_n
 from .weights.checkpoint import FamilyCheckpointer
 
-__all__ = ["DatasetNotFoundError", "Trainer", "check_datasets", "load_config", "use_cpu_if_no_cuda"]
+__all__ = [
+    "DatasetNotFoundError",
+    "NumClassesError",
+    "Trainer",
+    "check_datasets",
+    "check_num_classes",
+    "load_config",
+    "use_cpu_if_no_cuda",
+]
 
 logger = logging.getLogger(__name__)
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset named in the config is not registered or its files are not on disk."""
+def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> CfgNode:
+    """detectron2's default config, extended with our keys, merged with one or more files in
+    order (a later file wins), then with ``KEY VALUE`` overrides.
 
+    Relative paths in ``DATASETS.COCO_FORMAT`` are made absolute as each file is merged:
+    relative to the folder of the YAML file that sets the key; in ``opts``, relative to the
+    working directory.
 
-def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
-    """detectron2's default config, extended with our keys, merged with a file and overrides."""
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file not found: {config_file!r}")
+    Raises:
+        FileNotFoundError: naming a config file that does not exist.
+    """
+    if isinstance(config_files, (str, os.PathLike)):
+        config_files = [config_files]
+    if not config_files:
+        raise ValueError("load_config needs at least one config file; none was given")
+    for config_file in config_files:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file not found: {str(config_file)!r}")
     cfg = get_cfg()
     add_resnet_backbones_config(cfg)
-    cfg.merge_from_file(config_file)
+    for config_file in config_files:
+        before = cfg.DATASETS.COCO_FORMAT
+        cfg.merge_from_file(str(config_file))
+        if cfg.DATASETS.COCO_FORMAT != before:
+            cfg.DATASETS.COCO_FORMAT = resolve_config_paths(
+                cfg.DATASETS.COCO_FORMAT, config_source_dir(str(config_file))
+            )
+    before = cfg.DATASETS.COCO_FORMAT
     cfg.merge_from_list(list(opts))
+    if cfg.DATASETS.COCO_FORMAT != before:
+        cfg.DATASETS.COCO_FORMAT = resolve_config_paths(cfg.DATASETS.COCO_FORMAT, os.getcwd())
     return cfg
 
 
@@ -70,7 +98,8 @@ def check_datasets(names: Sequence[str]) -> None:
         if name not in registered:
             raise DatasetNotFoundError(
                 f"dataset {name!r} is not registered; registered datasets include: "
-                f"{first_n(sorted(registered), 40)}"
+                f"{first_n(sorted(registered), 40)}. To use your own data, "
+                f"{HOW_TO_REGISTER}"
             )
         meta = MetadataCatalog.get(name)
         if getattr(meta, "generated_on_first_use", False):
@@ -96,17 +125,44 @@ def check_datasets(names: Sequence[str]) -> None:
             )
 
 
+class NumClassesError(ValueError):
+    """The model's number of classes is not the number of categories of its datasets."""
+
+
+def check_num_classes(cfg: CfgNode, names: Sequence[str]) -> None:
+    """Fails, naming the key to set, where the model's number of classes differs from the
+    number of categories of a loaded dataset (detectron2 does not check: with fewer classes
+    than categories the heads index out of range, with more they train outputs no box has).
+
+    Datasets not loaded yet (no ``thing_classes`` in their metadata) are not checked.
+    """
+    key = (
+        "MODEL.RETINANET.NUM_CLASSES"
+        if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+        else "MODEL.ROI_HEADS.NUM_CLASSES"
+    )
+    num_classes = config_get(cfg, key)
+    for name in names:
+        classes = getattr(MetadataCatalog.get(name), "thing_classes", None)
+        if classes is not None and len(classes) != num_classes:
+            raise NumClassesError(
+                f"{key} = {num_classes}, but dataset {name!r} has {len(classes)} categories "
+                f"({first_n(classes, 10)}); set {key} {len(classes)}"
+            )
+
+
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with COCO evaluation on pycocotools, loading MODEL.WEIGHTS
-    with :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer`, and the built-in
-    datasets registered.
+    with :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer`, the built-in datasets
+    and ``DATASETS.COCO_FORMAT`` registered, and the number of classes checked against the data
+    (:func:`check_num_classes`).
 
     Without detectron2's compiled ops, COCOEvaluator's fast path is unavailable; the evaluator
     then runs plain pycocotools (``use_fast_impl=False``), with the same numbers.
     """
 
     def __init__(self, cfg: CfgNode):
-        register_datasets()  # before DefaultTrainer builds the data loaders
+        register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
         super().__init__(cfg)
 
     def build_hooks(self):
@@ -121,6 +177,20 @@ class Trainer(DefaultTrainer):
             **old.checkpointables,
         )
         return super().build_hooks()
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        """detectron2's, then :func:`check_num_classes` on the training datasets it loaded."""
+        loader = super().build_train_loader(cfg)
+        check_num_classes(cfg, cfg.DATASETS.TRAIN)
+        return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        """detectron2's, then :func:`check_num_classes` on the dataset it loaded."""
+        loader = super().build_test_loader(cfg, dataset_name)
+        check_num_classes(cfg, [dataset_name])
+        return loader
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -1,11 +1,13 @@
-"""Built-in datasets: ``shapes_train`` and ``shapes_val`` (see :mod:`.shapes`).
+"""Datasets: the built-in ``shapes_train`` and ``shapes_val`` (see :mod:`.shapes`), and your
+own COCO-format data (see :mod:`.coco_format`).
 
-:func:`register_datasets` registers them in detectron2's ``DatasetCatalog`` and
-``MetadataCatalog``; ``tools/train_net.py`` and :class:`resnet_backbones.engine.Trainer` call
-it, and so can your own code::
+:func:`register_datasets` registers the built-in ones in detectron2's ``DatasetCatalog`` and
+``MetadataCatalog``; :func:`register_config_datasets` registers them and a config's
+``DATASETS.COCO_FORMAT``. ``tools/train_net.py`` and :class:`resnet_backbones.engine.Trainer`
+call it, and so can your own code::
 
-    from resnet_backbones.data import register_datasets
-    register_datasets()
+    from resnet_backbones.data import register_config_datasets
+    register_config_datasets(cfg)
 
 The files are generated into ``$RESNET_BACKBONES_CACHE/datasets/`` (read when a split is first
 loaded; default ``~/.cache/resnet_backbones``) the first time a split is loaded.
@@ -13,9 +15,19 @@ loaded; default ``~/.cache/resnet_backbones``) the first time a split is loaded.
 
 from __future__ import annotations
 
+from typing import Any
+
+from .coco_format import DatasetFormatError, DatasetNotFoundError, register_coco_format
 from .shapes import CLASSES, SPLITS, ensure_shapes, split_dir
 
-__all__ = ["SHAPES_DATASETS", "load_shapes", "register_datasets"]
+__all__ = [
+    "SHAPES_DATASETS",
+    "DatasetFormatError",
+    "DatasetNotFoundError",
+    "load_shapes",
+    "register_config_datasets",
+    "register_datasets",
+]
 
 SHAPES_DATASETS = {f"shapes_{split}": split for split in SPLITS}
 
@@ -44,3 +56,15 @@ def register_datasets() -> None:
             evaluator_type="coco",
             generated_on_first_use=True,
         )
+
+
+def register_config_datasets(cfg: Any) -> None:
+    """Registers the built-in datasets and ``cfg.DATASETS.COCO_FORMAT`` (a config without that
+    key, one not extended by ``add_resnet_backbones_config``, registers the built-in ones only).
+
+    Raises:
+        DatasetFormatError, DatasetNotFoundError: see
+            :func:`~resnet_backbones.data.coco_format.register_coco_format`.
+    """
+    register_datasets()
+    register_coco_format(cfg.DATASETS.get("COCO_FORMAT", []))

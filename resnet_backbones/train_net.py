@@ -1,0 +1,235 @@
+"""Train or evaluate a detectron2 model with resnet_backbones' backbones: the command
+``resnet-backbones-train`` (also ``python tools/train_net.py``).
+
+    resnet-backbones-train --config configs/faster_rcnn_R101.yaml
+    resnet-backbones-train --config CONFIG --eval-only MODEL.WEIGHTS model_final.pth
+    resnet-backbones-train --config CONFIG --resume          # continue after an interruption
+    resnet-backbones-train --config CONFIG --dataset my_train train.json images/ \\
+        DATASETS.TRAIN "('my_train',)"                        # your own COCO-format data
+
+It follows detectron2's ``tools/train_net.py``: DefaultTrainer, periodic checkpoints,
+COCOEvaluator (plain pycocotools where detectron2's compiled ops are missing). ``--config`` may
+be given more than once: the files are merged in order, a later one winning; trailing
+``KEY VALUE`` pairs override them all. A GPU config runs on the CPU, with a warning, where CUDA
+is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+# Before anything from detectron2: registers our models and, where detectron2 was built
+# without its compiled ops, the stand-in for detectron2._C that its layers import.
+import resnet_backbones  # noqa: F401
+
+# isort: split
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.engine import DefaultPredictor, default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .data import DatasetFormatError, DatasetNotFoundError, register_config_datasets
+from .data.coco_format import COCO_FORMAT_KEY, resolve_config_paths
+from .engine import NumClassesError, Trainer, check_datasets, load_config, use_cpu_if_no_cuda
+from .visualize import draw_detections, plot_learning_curve
+from .weights.checkpoint import FamilyCheckpointer
+
+__all__ = ["NothingToEvaluateError", "main", "parse_args"]
+
+logger = logging.getLogger("resnet_backbones.train_net")
+
+
+class NothingToEvaluateError(FileNotFoundError):
+    """``--eval-only`` without weights: MODEL.WEIGHTS is empty and OUTPUT_DIR has no checkpoint."""
+
+
+# What the command reports as one line instead of a traceback: the user's input is at fault.
+_INPUT_ERRORS = (DatasetFormatError, DatasetNotFoundError, NothingToEvaluateError, NumClassesError)
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """The config of this run (files, overrides, ``--dataset``), with its datasets registered
+    and checked."""
+    cfg = load_config(args.config_files, args.opts)
+    if args.dataset:
+        cfg.DATASETS.COCO_FORMAT = list(cfg.DATASETS.COCO_FORMAT) + resolve_config_paths(
+            args.dataset, os.getcwd(), key="--dataset"
+        )
+    use_cpu_if_no_cuda(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnet_backbones")
+    register_config_datasets(cfg)
+    check_datasets(list(cfg.DATASETS.TRAIN if not args.eval_only else []) + list(cfg.DATASETS.TEST))
+    return cfg
+
+
+class LoadedModelPredictor(DefaultPredictor):
+    """detectron2's DefaultPredictor (one BGR image in, resized to ``INPUT.*_SIZE_TEST``) around
+    a model that is loaded already: unlike DefaultPredictor, it builds and loads nothing (which
+    would log "Initializing model from scratch" for an empty MODEL.WEIGHTS, and read the file
+    with detectron2's plain pickle otherwise)."""
+
+    def __init__(self, cfg: CfgNode, model: torch.nn.Module):
+        self.cfg = cfg.clone()
+        self.model = model.eval()
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.input_format = cfg.INPUT.FORMAT
+
+
+def write_pictures(cfg: CfgNode, model: torch.nn.Module, num_images: int, title: str = "") -> None:
+    """Learning curve of this run, and ``model``'s detections on the first test images."""
+    metrics = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+    if os.path.isfile(metrics):
+        try:
+            out = plot_learning_curve(
+                metrics, os.path.join(cfg.OUTPUT_DIR, "learning_curve.png"), title=title
+            )
+            logger.info("Wrote the learning curve to %s", out)
+        except ValueError as e:
+            logger.warning("No learning curve: %s", e)
+    if num_images > 0 and cfg.DATASETS.TEST:
+        name = cfg.DATASETS.TEST[0]
+        records = DatasetCatalog.get(name)[:num_images]
+        out = draw_detections(
+            LoadedModelPredictor(cfg, model),
+            records,
+            MetadataCatalog.get(name),
+            os.path.join(cfg.OUTPUT_DIR, "detections.png"),
+        )
+        logger.info("Wrote detections on %d images of %s to %s", len(records), name, out)
+
+
+def load_for_evaluation(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> str:
+    """Loads the weights ``--eval-only`` evaluates into ``model``; returns their path.
+
+    As detectron2's ``resume_or_load``: with ``--resume``, the last checkpoint of OUTPUT_DIR if
+    there is one, else MODEL.WEIGHTS. Where MODEL.WEIGHTS is empty, the last checkpoint of
+    OUTPUT_DIR (the run's own model) rather than a model from scratch.
+
+    Raises:
+        NothingToEvaluateError: MODEL.WEIGHTS is empty and OUTPUT_DIR holds no checkpoint.
+    """
+    checkpointer = FamilyCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg)
+    if (resume or not cfg.MODEL.WEIGHTS) and checkpointer.has_checkpoint():
+        path = checkpointer.get_checkpoint_file()
+        reason = "--resume" if resume else "MODEL.WEIGHTS is empty"
+        logger.info("Evaluating %s, the last checkpoint in OUTPUT_DIR (%s)", path, reason)
+    elif cfg.MODEL.WEIGHTS:
+        path = cfg.MODEL.WEIGHTS
+        logger.info("Evaluating MODEL.WEIGHTS = %s", path)
+    else:
+        raise NothingToEvaluateError(
+            f"--eval-only has no weights to evaluate: MODEL.WEIGHTS is empty and OUTPUT_DIR "
+            f"{os.path.abspath(cfg.OUTPUT_DIR)!r} holds no checkpoint (no 'last_checkpoint' "
+            "file). Pass MODEL.WEIGHTS path/to/model_final.pth, or the OUTPUT_DIR of a training "
+            "run"
+        )
+    checkpointer.load(path)
+    return path
+
+
+def run(args: argparse.Namespace):
+    """One process of the command: train (or resume) and evaluate, or evaluate only."""
+    cfg = setup(args)
+    title = os.path.basename(args.config_files[-1])
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        load_for_evaluation(cfg, model, args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+            write_pictures(cfg, model, args.visualize, title)
+        return results
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    if comm.is_main_process():
+        write_pictures(cfg, trainer.model, args.visualize, title)
+    return results
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """detectron2's arguments (``--eval-only``, ``--resume``, ``--num-gpus`` ...) and ours;
+    ``config_files`` lists the ``--config`` files in order (``config_file`` is the last)."""
+    parser = default_argument_parser()
+    # detectron2's --config-file becomes repeatable, with --config as its alias ("resolve"
+    # replaces the option of the same name).
+    parser.add_argument_group("config", conflict_handler="resolve").add_argument(
+        "--config",
+        "--config-file",
+        dest="config_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a config file; repeat it to merge several in order (a later file wins)",
+    )
+    parser.add_argument(
+        "--dataset",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
+        help=f"register COCO-format data as NAME, for DATASETS.TRAIN/TEST (repeatable; adds to "
+        f"{COCO_FORMAT_KEY}); relative paths are relative to the working directory",
+    )
+    parser.add_argument(
+        "--visualize",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after evaluation, draw detections on the first N test images into OUTPUT_DIR/detections.png",
+    )
+    args = parser.parse_args(argv)
+    if not args.config_files:
+        parser.error("a config is required: --config FILE (or --config-file FILE)")
+    # The overrides take the rest of the command line; a config key never starts with "--".
+    misplaced = [opt for opt in args.opts if opt.startswith("--")]
+    if misplaced:
+        parser.error(
+            f"{misplaced[0]} comes after the KEY VALUE overrides, which take the rest of the "
+            f"command line; put options first, e.g. --config FILE {misplaced[0]} ... KEY VALUE"
+        )
+    args.config_file = args.config_files[-1]  # what detectron2's default_setup reads
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command: parses ``argv`` (default: ``sys.argv[1:]``) and runs on ``--num-gpus``
+    processes. Returns 0, or 1 after a one-line error where a dataset or the weights to
+    evaluate are missing or malformed, or the number of classes is not the data's."""
+    args = parse_args(argv)
+    if args.num_gpus > 1 and not torch.cuda.is_available():
+        logger.warning(
+            "--num-gpus %d asked for, but CUDA is not available; running one process on the CPU.",
+            args.num_gpus,
+        )
+        args.num_gpus = 1
+    print("Command Line Args:", args, file=sys.stderr)
+    try:
+        launch(
+            run,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except _INPUT_ERRORS as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
