@@ -8,6 +8,14 @@ for torchvision and timm, against those libraries' own metadata and models).
 
 Set ``RESNET_BACKBONES_ZOO_BASE_URL`` to fetch every file from a mirror instead (the file name
 of each URL, under that base).
+
+timm serves the torchvision and timm entries from the Hugging Face Hub too, as
+``timm/<catalog name>`` (``hf_hub_id``: timm's own pretrained configs, timm 1.0.31, checked by
+a test); ``MODEL.WEIGHTS hf-hub:timm/<name>`` fetches them from there, with the entry's input
+and layout checks. No Hub revision is pinned (``hf_hub_revision`` is None): timm's configs pin
+none, and no offline source we have gives the commits, so the Hub's default branch is fetched.
+The Hub's files are re-saved copies (safetensors), so the SHA-256 prefixes of the URLs here do
+not apply to them.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ def _tv(arch: str, enum: str, version: int, url: str, num_params: int, top1: flo
         license_source=_TV_LICENSE_SOURCE,
         non_commercial=False,
         torchvision_weights=f"{enum}.IMAGENET1K_V{version}",
+        hf_hub_id=f"timm/{arch}.{tag}",
     )
 
 
@@ -166,6 +175,7 @@ def _timm(name: str, url: str, num_params: int, top1: float, protocol: str, lice
         license=license,
         license_source=license_source,
         non_commercial="-NC" in license,  # CC BY-NC*
+        hf_hub_id=f"timm/{name}",
     )
 
 
