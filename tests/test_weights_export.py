@@ -98,8 +98,8 @@ def test_convert_weights_tool_refuses_a_malicious_pickle(tmp_path):
 
 
 def test_export_other_sources_then_load_strictly(tmp_path):
-    """msra, timm and detectron2 sources through the tool's function; each output loads into
-    the model its YAML fragment builds, with the source's numbers."""
+    """msra (written as safetensors), timm and detectron2 sources through the tool's function;
+    each output loads into the model its YAML builds, with the source's numbers."""
     timm = pytest.importorskip("timm")
     cases = []
 
@@ -127,8 +127,9 @@ def test_export_other_sources_then_load_strictly(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     for source, arch, src, reference in cases:
         out, fragment = export_weights(
-            str(src), str(tmp_path / f"{arch}-out.pth"), source=source, arch=arch
-        )
+            str(src), str(tmp_path / f"{arch}-out.{'safetensors' if source == 'msra' else 'pth'}"),
+            source=source, arch=arch,
+        )  # fmt: skip
         model = load_weights(load_config(fragment, ["MODEL.DEVICE", "cpu"]))
         with torch.no_grad():
             if source == "timm":
