@@ -25,6 +25,7 @@ from resnet_backbones.weights.errors import (
     UnknownWeightsError,
     WeightsNotFoundError,
 )
+from resnet_backbones.weights.export import export_weights
 from resnet_backbones.weights.resolve import (
     DETECTRON2_BASE_URL,
     ZOO_BASE_URL_ENV,
@@ -197,6 +198,11 @@ def test_hf_hub_paths_resolve_through_huggingface_hub(tmp_path, monkeypatch):
         only_bin = resolve("hf-hub:someone/r18-bin-only@main")
         assert only_bin.endswith("pytorch_model.bin")
         assert_stages_close(load_weights(cfg, "hf-hub:someone/r18-bin-only"), expected, x)
+        # The converter takes Hub paths too, and records them as the origin.
+        out, _ = export_weights(
+            f"hf-hub:{repo}", str(tmp_path / "r18.pth"), source="torchvision", arch="resnet18"
+        )
+        assert torch.load(out, weights_only=True)["metadata"]["converted_from"] == f"hf-hub:{repo}"
 
         cfg.INPUT.FORMAT = "BGR"  # the catalog entry of timm/resnet18.tv_in1k says RGB
         with pytest.raises(

@@ -28,7 +28,6 @@ import resnet_backbones  # noqa: F401
 # isort: split
 from resnet_backbones.presets import ARCHS, DETECTOR_FORMS
 from resnet_backbones.weights.export import EXPORT_SOURCES, export_weights
-from resnet_backbones.weights.resolve import resolve
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,9 +59,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        src = resolve(args.input, key="IN")
         out, config = export_weights(
-            src, args.output, source=args.source, arch=args.arch, form=args.form
+            args.input, args.output, source=args.source, arch=args.arch, form=args.form
         )
     except (ValueError, OSError, ImportError) as e:  # WeightsError and the checks' ValueErrors
         print(f"convert_weights.py: error: {type(e).__name__}: {e}", file=sys.stderr)

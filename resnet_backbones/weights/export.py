@@ -27,6 +27,7 @@ from .errors import BackboneMismatchError, WeightsFormatError, missing_dependenc
 from .mappings import FAMILIES, to_backbone, unmatched_names
 from .metadata import metadata_from_config
 from .read import safetensors_metadata
+from .resolve import resolve
 
 __all__ = ["EXPORT_SOURCES", "base_config_file", "export_weights", "fragment_path"]
 
@@ -194,7 +195,9 @@ def export_weights(
     backbone and feed it as it was trained (``tools/train_net.py --config`` takes it as it is).
 
     Args:
-        src: the weights file (read safely: no code in it runs).
+        src: the weights: a local file, an https:// URL, ``resnet_backbones://NAME`` or
+            ``hf-hub:ORG/NAME[@REVISION]`` (:func:`.resolve.resolve`; read safely: no code in
+            it runs).
         dst: the output file (``.pth``, or ``.safetensors``).
         source: the library that wrote ``src``, one of :data:`EXPORT_SOURCES`.
         arch: the architecture, a key of :data:`~resnet_backbones.presets.ARCHS`.
@@ -207,6 +210,7 @@ def export_weights(
     Raises:
         ValueError: an unknown source, arch or form, or a file of another format than
             ``source``.
+        WeightsNotFoundError, DownloadError ...: ``src`` cannot be found or fetched.
         WeightsFormatError: a file of no known format.
         BackboneMismatchError: weights that do not load strictly into ``arch`` (what is
             missing, foreign or misshapen, briefly, and the archs they do fit).
@@ -225,7 +229,8 @@ def export_weights(
             f"arch = {arch!r} has Caffe2 names (an msra architecture); {source} archs: "
             + ", ".join(name for name, a in ARCHS.items() if a.family is not None)
         )
-    weights = read_weights(src)
+    local = resolve(src, key="src")
+    weights = read_weights(local)
     if weights.format not in _READABLE[source]:
         sources = [s for s, formats in _READABLE.items() if weights.format in formats]
         raise WeightsFormatError(
@@ -244,8 +249,9 @@ def export_weights(
         # A detectron2 checkpoint records none of these: they are the --arch row's (the caller's
         # statement of the layout), as for every other source.
         **metadata_from_config(config),
-        "converted_from": os.path.basename(src),
-        "converted_from_sha256": sha256_of_file(src),
+        # The name it was given by: a URL or Hub path whole, a local file's base name.
+        "converted_from": src if local != src else os.path.basename(src),
+        "converted_from_sha256": sha256_of_file(local),
     }
     config_path = fragment_path(dst)
     header = (
