@@ -47,7 +47,7 @@ _BASE_CONFIGS = {
     "DC5": "Base-RCNN-DilatedC5.yaml",
     "FPN": "Base-RCNN-FPN.yaml",
 }
-# Names shown in a one-line error before " ... (N in all)".
+# How many names a one-line error shows of each list (then " ...").
 _SHOWN = 3
 
 
@@ -58,10 +58,18 @@ def base_config_file(form: str) -> str:
 
     Raises:
         ValueError: an unknown form.
+        FileNotFoundError: no configs/ folder beside the package (an install without the
+            repository's configs).
     """
     check_choice("form", form, DETECTOR_FORMS, quote=False)
-    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(package, "configs", _BASE_CONFIGS[form])
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "configs", _BASE_CONFIGS[form])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"base config of form {form!r} not found at {path}; install resnet_backbones from "
+            "its repository (pip install -e .) so that its configs/ are there"
+        )
+    return path
 
 
 def fragment_path(dst: str) -> str:
@@ -239,7 +247,9 @@ def export_weights(
             + (f"pass --source {' or '.join(sources)}" if sources else "it cannot be converted")
         )
     state = _renamed(src, weights, arch)
+    # The proof, on real tensors, of what _renamed checked by names and shapes.
     build_clean_backbone(arch_config(arch)).load_state_dict(state, strict=True)
+    base = base_config_file(form)
 
     config = fitting_config(arch)
     metadata = {
@@ -261,7 +271,7 @@ def export_weights(
         "paths.\n"
     )
     complete = {
-        "_BASE_": base_config_file(form),
+        "_BASE_": base,
         **config,
         "MODEL.WEIGHTS": os.path.abspath(dst),
         "VERSION": 2,
