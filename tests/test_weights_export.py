@@ -162,8 +162,14 @@ def test_export_to_safetensors_for_a_form(tmp_path, form):
     with safetensors.safe_open(out, "pt") as f:
         header = f.metadata()
         res5_conv = f.get_tensor("res5.0.conv1.weight")
-    assert header["__author__"] == "resnet_backbones" and header["arch"] == '"resnet18"'
-    assert json.loads(header["pixel_mean"]) == [123.675, 116.28, 103.53]
+    assert header["format"] == "pt"  # the Hugging Face convention
+    metadata = json.loads(header["resnet_backbones"])
+    assert (metadata["arch"], metadata["format"], metadata["source"]) == (
+        "resnet18",
+        "torchvision",
+        "torchvision",
+    )
+    assert metadata["pixel_mean"] == [123.675, 116.28, 103.53]
 
     cfg = load_config(fragment, ["MODEL.DEVICE", "cpu"])
     with open(fragment) as f:

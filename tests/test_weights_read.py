@@ -87,6 +87,8 @@ def test_a_malicious_torch_file_is_refused(tmp_path):
             "safetensors garbled",
             "a corrupt safetensors file .its header is not JSON",
         ),
+        # A file of ours whose metadata is not the JSON object we write.
+        ("ours.safetensors", "safetensors ours", "'resnet_backbones' in the safetensors header"),
     ],
 )
 def test_unreadable_files_are_errors_naming_the_path(tmp_path, name, content, message):
@@ -98,9 +100,13 @@ def test_unreadable_files_are_errors_naming_the_path(tmp_path, name, content, me
     elif isinstance(content, str):
         whole = safetensors_bytes({"conv1.weight": torch.zeros(8, 3, 7, 7)})
         garbled = whole[:9] + b"\xff" + whole[10:]
-        content = {"0.6": whole[: int(len(whole) * 0.6)], "20B": whole[:20], "garbled": garbled}[
-            content.split()[1]
-        ]
+        ours = safetensors_bytes({"w": torch.zeros(1)}, {"resnet_backbones": "not JSON"})
+        content = {
+            "0.6": whole[: int(len(whole) * 0.6)],
+            "20B": whole[:20],
+            "garbled": garbled,
+            "ours": ours,
+        }[content.split()[1]]
     path.write_bytes(content)
     with pytest.raises(WeightsFormatError, match=message) as info:
         read_file(str(path))

@@ -7,8 +7,9 @@ and detectron2 ``.pkl`` files) by the restricted unpickler of :mod:`.safe_pickle
 file is told from its first bytes, never from its name.
 
 A safetensors file's ``__metadata__`` (a str -> str map) carries our metadata in files that
-tools/convert_weights.py writes (:func:`safetensors_metadata`): each value as JSON, under the
-same keys as the ``"metadata"`` of a torch file of ours.
+tools/convert_weights.py writes (:func:`safetensors_metadata`): the ``"metadata"`` of a torch
+file of ours, as one JSON object under the key ``"resnet_backbones"`` (so that none of its keys
+can clash with the Hugging Face convention ``"format": "pt"``).
 """
 
 from __future__ import annotations
@@ -30,17 +31,20 @@ from .errors import (
 )
 from .safe_pickle import load_pickle
 
-__all__ = ["SAFETENSORS_AUTHOR", "read_file", "safetensors_header_size", "safetensors_metadata"]
+__all__ = [
+    "SAFETENSORS_METADATA_KEY",
+    "read_file",
+    "safetensors_header_size",
+    "safetensors_metadata",
+]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the first object of torch.save's older format
 # A safetensors file starts with the size of its JSON header (8 bytes, little-endian), then the
 # header itself, whose first byte is "{". The safetensors library refuses headers above 100 MB.
 _SAFETENSORS_MAX_HEADER = 100_000_000
-# "__author__" in the __metadata__ of the safetensors files we write (as in our torch files).
-SAFETENSORS_AUTHOR = "resnet_backbones"
-# Keys of __metadata__ that are not ours to decode: "format" is the Hugging Face convention.
-_SAFETENSORS_PLAIN_KEYS = ("__author__", "format")
+# The key of our metadata (a JSON object) in the __metadata__ of the safetensors files we write.
+SAFETENSORS_METADATA_KEY = "resnet_backbones"
 
 
 def safetensors_header_size(head: bytes) -> Optional[int]:
@@ -53,28 +57,21 @@ def safetensors_header_size(head: bytes) -> Optional[int]:
 
 
 def safetensors_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
-    """Our metadata as a safetensors ``__metadata__`` (str -> str): each value as JSON, plus
-    ``"__author__"`` (which marks the file as ours) and ``"format": "pt"``."""
-    return {
-        "format": "pt",
-        "__author__": SAFETENSORS_AUTHOR,
-        **{key: json.dumps(value) for key, value in metadata.items()},
-    }
+    """Our metadata as a safetensors ``__metadata__`` (str -> str): one JSON object under
+    :data:`SAFETENSORS_METADATA_KEY`, which marks the file as ours, and ``"format": "pt"``."""
+    return {"format": "pt", SAFETENSORS_METADATA_KEY: json.dumps(dict(metadata))}
 
 
-def _decode_metadata(path: str, header: Mapping[str, str]) -> dict[str, Any]:
-    decoded = {}
-    for key, value in header.items():
-        if key in _SAFETENSORS_PLAIN_KEYS:
-            continue
-        try:
-            decoded[key] = json.loads(value)
-        except (TypeError, json.JSONDecodeError) as e:
-            raise WeightsFormatError(
-                f"{path}: metadata {key!r} = {value!r} in the safetensors header is not JSON ({e}); "
-                "files of ours store every metadata value as JSON. Convert the source again with "
-                "tools/convert_weights.py"
-            ) from e
+def _decode_metadata(path: str, value: str) -> dict[str, Any]:
+    try:
+        decoded = json.loads(value)
+    except json.JSONDecodeError as e:
+        decoded = e
+    if not isinstance(decoded, dict):
+        raise WeightsFormatError(
+            f"{path}: {SAFETENSORS_METADATA_KEY!r} in the safetensors header is not a JSON "
+            f"object ({value[:80]!r}); convert the source again with tools/convert_weights.py"
+        )
     return decoded
 
 
@@ -104,13 +101,13 @@ def _safetensors_load(path: str, header_size: int) -> dict[str, Any]:
         raise corrupt(f"its header is not JSON: {e}") from e
     except Exception as e:  # safetensors raises SafetensorError, or an OSError from mmap
         raise corrupt(f"{type(e).__name__}: {e}") from e
-    metadata = header.get("__metadata__") or {}
-    if metadata.get("__author__") != SAFETENSORS_AUTHOR:
+    ours = (header.get("__metadata__") or {}).get(SAFETENSORS_METADATA_KEY)
+    if ours is None:
         return state
     return {
         "model": state,
-        "metadata": _decode_metadata(path, metadata),
-        "__author__": SAFETENSORS_AUTHOR,
+        "metadata": _decode_metadata(path, ours),
+        "__author__": "resnet_backbones",
     }
 
 
