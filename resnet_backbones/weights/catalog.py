@@ -9,13 +9,12 @@ for torchvision and timm, against those libraries' own metadata and models).
 Set ``RESNET_BACKBONES_ZOO_BASE_URL`` to fetch every file from a mirror instead (the file name
 of each URL, under that base).
 
-timm serves the torchvision and timm entries from the Hugging Face Hub too, as
-``timm/<catalog name>`` (``hf_hub_id``: timm's own pretrained configs, timm 1.0.31, checked by
-a test); ``MODEL.WEIGHTS hf-hub:timm/<name>`` fetches them from there, with the entry's input
-and layout checks. No Hub revision is pinned (``hf_hub_revision`` is None): timm's configs pin
-none, and no offline source we have gives the commits, so the Hub's default branch is fetched.
-The Hub's files are re-saved copies (safetensors), so the SHA-256 prefixes of the URLs here do
-not apply to them.
+timm's pretrained configs (timm 1.0.31; a test checks them) give a Hugging Face Hub repository
+for the torchvision and timm entries, ``timm/<catalog name>`` (``hf_hub_id``);
+``MODEL.WEIGHTS hf-hub:timm/<name>`` fetches it from there, with the entry's input and layout
+checks. No Hub revision is pinned (``hf_hub_revision`` is None): timm's configs pin none, and no
+offline source we have gives the commits, so the repository's default branch is fetched. The
+Hub's files are other files than the URLs' here, so the SHA-256 prefixes do not apply to them.
 """
 
 from __future__ import annotations
