@@ -27,13 +27,22 @@ from .config import add_resnet_backbones_config
 from .weights.resolve import DETECTRON2_PREFIX, ZOO_PREFIX, fetch_url
 
 __all__ = [
+    "BASE_CONFIGS",
     "DETECTRON2_NETWORKS",
+    "base_config_file",
     "configs_dir",
     "config_names",
     "get_checkpoint_url",
     "get_config",
     "get_config_file",
 ]
+
+# The base config of each of detectron2's three Faster R-CNN forms.
+BASE_CONFIGS = {
+    "C4": "Base-RCNN-C4.yaml",
+    "DC5": "Base-RCNN-DilatedC5.yaml",
+    "FPN": "Base-RCNN-FPN.yaml",
+}
 
 # A config of every tree; its presence tells the configs folder from any other "configs".
 _MARKER = "Base-RCNN-FPN.yaml"
@@ -102,6 +111,18 @@ def get_config_file(config_path: str) -> str:
             f"{configs_dir()}){hint} Valid names: {', '.join(names)}"
         )
     return os.path.join(configs_dir(), *name.split("/"))
+
+
+def base_config_file(form: str) -> str:
+    """The absolute path of the base config of detector ``form`` ("C4", "DC5" or "FPN").
+
+    Raises:
+        ValueError: an unknown form, naming the valid ones.
+    """
+    from .utils import check_choice
+
+    check_choice("form", form, BASE_CONFIGS, quote=False)
+    return os.path.abspath(get_config_file(BASE_CONFIGS[form]))
 
 
 def get_config(config_path: str, trained: bool = False) -> CfgNode:

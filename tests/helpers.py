@@ -284,42 +284,62 @@ def torchvision_reference(name):
 # An HTTP server on 127.0.0.1 that serves generated files to the download and zoo tests
 # ------------------------------------------------------------------------------------------
 class WeightsServer:
-    """Serves ``files[path]`` at ``http://127.0.0.1:<port><path>`` and counts the requests.
+    """Serves ``files[path]`` at ``http://127.0.0.1:<port><path>`` (GET, and HEAD for its
+    headers) and counts the GET requests.
 
     A path in ``truncated`` announces its full Content-Length but closes the connection
     after half of the bytes; a path in ``redirects`` answers 302 to the URL given; any other
-    unknown path is a 404.
+    unknown path is a 404 with the headers ``not_found_headers``. ``headers[path]`` are sent
+    with that path's answers (the Hub's X-Repo-Commit and ETag: see :func:`serve_hub_file`).
     """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.truncated: set[str] = set()
         self.redirects: dict[str, str] = {}
+        self.headers: dict[str, dict[str, str]] = {}
+        self.not_found_headers: dict[str, str] = {}
         self.requests: Counter[str] = Counter()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests[self.path] += 1
-                if self.path in server.redirects:
+            def _answer(self, head: bool) -> None:
+                path = self.path.split("?")[0]
+                if not head:
+                    server.requests[path] += 1
+                if path in server.redirects:
                     self.send_response(302)
-                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Location", server.redirects[path])
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                body: Optional[bytes] = server.files.get(self.path)
+                body: Optional[bytes] = server.files.get(path)
                 if body is None:
-                    self.send_error(404, "Not Found")
+                    self.send_response(404)
+                    for key, value in server.not_found_headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(body)))
+                for key, value in server.headers.get(path, {}).items():
+                    self.send_header(key, value)
                 self.end_headers()
-                if self.path in server.truncated:
+                if head:
+                    return
+                if path in server.truncated:
                     self.wfile.write(body[: len(body) // 2])
                     self.close_connection = True
                 else:
                     self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._answer(head=False)
+
+            def do_HEAD(self) -> None:
+                self._answer(head=True)
 
             def log_message(self, *args) -> None:
                 pass
@@ -343,6 +363,32 @@ class WeightsServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def serve_hub_file(server, repo_id, filename, body, revision="main"):
+    """Serves ``body`` as the Hugging Face Hub does ``{repo_id}/resolve/{revision}/{filename}``,
+    with the headers huggingface_hub requires (X-Repo-Commit: a commit made up from the
+    repository's name; ETag: the SHA-256, as for LFS files); returns its URL path. Missing
+    files of a repository are the Hub's 404 with X-Error-Code EntryNotFound."""
+    import hashlib
+
+    path = f"/{repo_id}/resolve/{revision}/{filename}"
+    server.files[path] = body
+    server.headers[path] = {
+        "X-Repo-Commit": hashlib.sha1(repo_id.encode()).hexdigest(),
+        "ETag": f'"{hashlib.sha256(body).hexdigest()}"',
+    }
+    server.not_found_headers.setdefault("X-Error-Code", "EntryNotFound")
+    return path
+
+
+def safetensors_bytes(state, metadata=None):
+    """``state`` as a safetensors file, as huggingface_hub's repositories hold them (timm's
+    ``model.safetensors``: ``{"format": "pt"}`` in its header)."""
+    import safetensors.torch
+
+    state = {k: v.contiguous() for k, v in state.items()}
+    return safetensors.torch.save(state, metadata=metadata or {"format": "pt"})
 
 
 def msra_source(cfg):

@@ -13,6 +13,7 @@ from resnet_backbones.weights import catalog
 from resnet_backbones.weights.catalog import arch_input
 from resnet_backbones.weights.detect import FORMATS, detect
 from resnet_backbones.weights.mappings import to_backbone
+from resnet_backbones.weights.resolve import catalog_entry_for
 
 from .helpers import REPO, reference_state
 
@@ -104,3 +105,14 @@ def test_every_arch_row_builds_a_backbone_its_weights_load_into(name):
     state = to_backbone(weights.format, weights.state_dict, family=arch.family)
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     build_clean_backbone(arch_config(name)).load_state_dict(state, strict=True)
+
+
+def test_hub_repositories_are_timms_own():
+    """Every torchvision and timm entry names the Hub repository that timm's pretrained config
+    gives for the same name.tag; no revision is pinned without a source for it."""
+    timm = pytest.importorskip("timm")
+    for name, entry in catalog.CATALOG.items():
+        pretrained = timm.models.get_pretrained_cfg(name)
+        assert entry.hf_hub_id == (pretrained.hf_hub_id if pretrained else None), name
+        assert entry.hf_hub_revision is None, name
+    assert catalog_entry_for("hf-hub:timm/resnetv2_50.a1h_in1k@main").input == catalog.HALF_RGB

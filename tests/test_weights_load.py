@@ -37,6 +37,7 @@ from .helpers import (
     msra_source,
     r18_opts,
     randomize_norm_statistics,
+    safetensors_bytes,
     timm_stages,
     tiny_cfg,
     tiny_shapes,
@@ -115,15 +116,15 @@ TIMM_ARCHS = [n for n, a in ARCHS.items() if a.source == "timm"]
 
 @pytest.mark.parametrize("name", TIMM_ARCHS)
 def test_timm_weights_through_model_weights_and_the_exporter(tmp_path, name):
-    """Each timm family, as a file in timm's names: loaded by MODEL.WEIGHTS into the config its
-    arch row builds, and exported by tools/convert_weights.py's function; both reproduce timm's
-    stage outputs."""
+    """Each timm family, as the Hub serves it (model.safetensors, timm's names): loaded by
+    MODEL.WEIGHTS into the config its arch row builds, and exported by tools/convert_weights.py's
+    function to safetensors; both reproduce timm's stage outputs."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     reference = timm.create_model(name, pretrained=False).eval()
     randomize_norm_statistics(reference)
-    path = tmp_path / f"{name}-0123abcd.pth"
-    torch.save(reference.state_dict(), path)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(safetensors_bytes(reference.state_dict()))
     x = torch.randn(1, 3, 67, 80)
     with torch.no_grad():
         expected = timm_stages(name, reference, x)
@@ -134,10 +135,10 @@ def test_timm_weights_through_model_weights_and_the_exporter(tmp_path, name):
     cfg.MODEL.WEIGHTS = str(path)
     assert_stages_close(load_weights(cfg), expected, x)
 
-    out, fragment = export_weights(str(path), str(tmp_path / "out.pth"), source="timm", arch=name)
-    exported = default_cfg("Base-RCNN-FPN.yaml")
-    exported.merge_from_file(fragment)
-    assert_stages_close(load_weights(exported, out), expected, x)
+    out, fragment = export_weights(
+        str(path), str(tmp_path / "out.safetensors"), source="timm", arch=name
+    )
+    assert_stages_close(load_weights(load_config(fragment, ["MODEL.DEVICE", "cpu"])), expected, x)
 
 
 def test_msra_pkl_through_model_weights(tmp_path, caplog):

@@ -19,7 +19,7 @@ from resnet_backbones.weights.errors import (
 from resnet_backbones.weights.read import read_file
 from resnet_backbones.weights.safe_pickle import load_pickle
 
-from .helpers import OpenForWriting, System, evil_pkl
+from .helpers import OpenForWriting, System, evil_pkl, safetensors_bytes
 
 
 @pytest.mark.parametrize("protocol", [0, 2, 4, 5])
@@ -72,9 +72,23 @@ def test_a_malicious_torch_file_is_refused(tmp_path):
         ("empty.pth", b"", "the weights file is empty"),
         ("empty.pkl", b"", "the weights file is empty"),
         ("garbage.pkl", b"\x80\x04garbage that is not a pickle", "nor a readable pickle"),
-        ("garbage.pth", b"not a torch file at all", "neither a torch.save archive nor"),
+        (
+            "garbage.pth",
+            b"not a torch file at all",
+            "neither a torch.save archive, a safetensors file nor",
+        ),
         ("truncated.pth", "truncated", "not a readable torch.save file"),
-        ("weights.txt", b"conv1.weight 1 2 3", "neither a torch.save archive nor"),
+        ("weights.txt", b"conv1.weight 1 2 3", "neither a torch.save archive, a safetensors"),
+        # safetensors files cut in their tensors, in their header, and with a garbled header.
+        ("cut.safetensors", "safetensors 0.6", r"a corrupt safetensors file \(SafetensorError"),
+        ("cut", "safetensors 20B", r"header announces \d+ bytes, the file has 20 in all"),
+        (
+            "garbled.bin",
+            "safetensors garbled",
+            "a corrupt safetensors file .its header is not JSON",
+        ),
+        # A file of ours whose metadata is not the JSON object we write.
+        ("ours.safetensors", "safetensors ours", "'resnet_backbones' in the safetensors header"),
     ],
 )
 def test_unreadable_files_are_errors_naming_the_path(tmp_path, name, content, message):
@@ -83,10 +97,20 @@ def test_unreadable_files_are_errors_naming_the_path(tmp_path, name, content, me
         buffer = io.BytesIO()
         torch.save({"w": torch.zeros(1000)}, buffer)
         content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    elif isinstance(content, str):
+        whole = safetensors_bytes({"conv1.weight": torch.zeros(8, 3, 7, 7)})
+        garbled = whole[:9] + b"\xff" + whole[10:]
+        ours = safetensors_bytes({"w": torch.zeros(1)}, {"resnet_backbones": "not JSON"})
+        content = {
+            "0.6": whole[: int(len(whole) * 0.6)],
+            "20B": whole[:20],
+            "garbled": garbled,
+            "ours": ours,
+        }[content.split()[1]]
     path.write_bytes(content)
     with pytest.raises(WeightsFormatError, match=message) as info:
         read_file(str(path))
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
     # One taxonomy: a WeightsError, and the ValueError callers already catch.
     assert isinstance(info.value, WeightsError) and isinstance(info.value, ValueError)
 
@@ -112,6 +136,14 @@ def test_the_kind_of_file_is_read_from_its_content_not_its_name(tmp_path):
         loaded = read_file(str(tmp_path / name))
         assert torch.equal(loaded["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
         assert read_weights(str(tmp_path / name)).format == "torchvision"
+    # safetensors files, by their header (the first 8 bytes are its size, then JSON), whatever
+    # their name: before, their size's first byte made them a pickle with an "invalid load key".
+    blob = safetensors_bytes(state)
+    for name in ("model.safetensors", "weights.pth", "no_extension"):
+        (tmp_path / name).write_bytes(blob)
+        weights = read_weights(str(tmp_path / name))
+        assert weights.format == "torchvision" and weights.state_dict.keys() == state.keys()
+        assert all(torch.equal(weights.state_dict[k], v) for k, v in state.items())
     # A torchvision state dict under "model" (DeiT-style training scripts) is not a detectron2 model.
     weights = read_weights(str(tmp_path / "checkpoint"))
     assert (weights.format, weights.wrapper, weights.extra) == (

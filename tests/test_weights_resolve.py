@@ -5,9 +5,11 @@ in test_download.py."""
 
 import hashlib
 import io
+import sys
 
 import pytest
 import torch
+import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -17,10 +19,13 @@ from resnet_backbones.weights.download import CACHE_ENV
 from resnet_backbones.weights.entry import WeightsEntry
 from resnet_backbones.weights.errors import (
     ChecksumError,
+    DownloadError,
     MetadataMismatchError,
+    MissingDependencyError,
     UnknownWeightsError,
     WeightsNotFoundError,
 )
+from resnet_backbones.weights.export import export_weights
 from resnet_backbones.weights.resolve import (
     DETECTRON2_BASE_URL,
     ZOO_BASE_URL_ENV,
@@ -35,6 +40,8 @@ from .helpers import (
     default_cfg,
     load_weights,
     r18_opts,
+    safetensors_bytes,
+    serve_hub_file,
     torchvision_reference,
     torchvision_stages,
 )
@@ -59,11 +66,15 @@ def _resnet18_entry(name, sha256_prefix):
     )
 
 
+def _payload_of(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
 def _payload():
     reference = torchvision_reference("resnet18")
-    buffer = io.BytesIO()
-    torch.save(reference.state_dict(), buffer)
-    return reference, buffer.getvalue()
+    return reference, _payload_of(reference.state_dict())
 
 
 def test_a_local_path_is_itself_and_a_missing_one_an_error_naming_the_key(tmp_path):
@@ -153,3 +164,78 @@ def test_urls_in_model_weights_are_checked_against_their_hash(tmp_path, monkeypa
         with pytest.raises(ChecksumError, match=f"resnet18-{bad}.pth: expected a SHA-256"):
             load_weights(cfg, "resnet_backbones://tampered-resnet18")
         assert [p.name for p in cache.rglob("*.pth")] == [f"resnet18-{good}.pth"]
+
+
+def test_hf_hub_paths_resolve_through_huggingface_hub(tmp_path, monkeypatch):
+    """hf-hub:ORG/NAME from a loopback server standing in for the Hub (HF_ENDPOINT):
+    model.safetensors preferred to pytorch_model.bin, cached under our weights cache, read from
+    the cache alone with HF_HUB_OFFLINE, and checked against the catalog entry of its repo."""
+    pytest.importorskip("huggingface_hub")
+    reference = torchvision_reference("resnet18")
+    state = reference.state_dict()
+    other = torchvision.models.resnet18(weights=None).state_dict()  # different random weights
+    repo = catalog.CATALOG["resnet18.tv_in1k"].hf_hub_id  # timm/resnet18.tv_in1k
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    cfg = default_cfg("Base-RCNN-FPN.yaml", r18_opts("FrozenBN") + TORCHVISION_INPUT)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = torchvision_stages(reference, x)
+    with WeightsServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.base_url)
+        safetensors_path = serve_hub_file(
+            server, repo, "model.safetensors", safetensors_bytes(state)
+        )
+        bin_path = serve_hub_file(server, repo, "pytorch_model.bin", _payload_of(other))
+        serve_hub_file(server, "someone/r18-bin-only", "pytorch_model.bin", _payload_of(state))
+
+        local = resolve(f"hf-hub:{repo}")
+        assert local.startswith(str(cache)) and local.endswith("model.safetensors")
+        assert_stages_close(load_weights(cfg, f"hf-hub:{repo}"), expected, x)
+        assert (server.requests[safetensors_path], server.requests[bin_path]) == (1, 0)
+        # A repository without model.safetensors: its pytorch_model.bin.
+        only_bin = resolve("hf-hub:someone/r18-bin-only@main")
+        assert only_bin.endswith("pytorch_model.bin")
+        assert_stages_close(load_weights(cfg, "hf-hub:someone/r18-bin-only"), expected, x)
+        # The converter takes Hub paths too, and records them as the origin.
+        out, _ = export_weights(
+            f"hf-hub:{repo}", str(tmp_path / "r18.pth"), source="torchvision", arch="resnet18"
+        )
+        assert torch.load(out, weights_only=True)["metadata"]["converted_from"] == f"hf-hub:{repo}"
+
+        cfg.INPUT.FORMAT = "BGR"  # the catalog entry of timm/resnet18.tv_in1k says RGB
+        with pytest.raises(
+            MetadataMismatchError, match=rf"hf-hub:{repo}: .*INPUT\.FORMAT is 'BGR'"
+        ):
+            load_weights(cfg, f"hf-hub:{repo}")
+        cfg.INPUT.FORMAT = "RGB"
+
+        server.not_found_headers["X-Error-Code"] = "RepoNotFound"
+        with pytest.raises(
+            DownloadError, match=r"hf-hub:nobody/nothing .*no such repository"
+        ) as info:
+            resolve("hf-hub:nobody/nothing")
+        assert "\n" not in str(info.value)
+        requests = sum(server.requests.values())
+
+    # Offline: the cache alone, without a request (the server is gone).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve(f"hf-hub:{repo}") == local
+    assert_stages_close(load_weights(cfg, "hf-hub:someone/r18-bin-only"), expected, x)
+    assert sum(server.requests.values()) == requests
+    with pytest.raises(
+        DownloadError, match=r"model.safetensors is not in the cache.*HF_HUB_OFFLINE"
+    ):
+        resolve("hf-hub:timm/resnet34.tv_in1k")
+    with pytest.raises(UnknownWeightsError, match=r"'hf-hub:resnet18' is not a Hugging Face Hub"):
+        resolve("hf-hub:resnet18")
+
+
+def test_hf_hub_paths_without_huggingface_hub_name_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
+    with pytest.raises(
+        MissingDependencyError, match=r"pip install 'resnet_backbones\[hub\]'"
+    ) as info:
+        resolve("hf-hub:timm/resnet18.tv_in1k")
+    assert isinstance(info.value, ImportError)

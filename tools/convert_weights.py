@@ -2,18 +2,18 @@
 """Convert a torchvision, timm, MSRA or detectron2 weights file for resnet_backbones.
 
     python tools/convert_weights.py --source torchvision --arch resnet50 resnet50-0676ba61.pth R-50-tv.pth
-    python tools/convert_weights.py --source msra --arch R-50 R-50.pkl R-50-msra.pth
+    python tools/convert_weights.py --source msra --arch R-50 --form C4 R-50.pkl R-50-msra.safetensors
 
 writes OUT (our backbone names, plus metadata: source, arch, input format, pixel mean/std,
-stride placement) and, beside it, OUT's name with ``.yaml``: the config keys that, merged onto
-a base config, build the matching backbone. Use both in training:
+stride placement; a safetensors file, the metadata in its header, if OUT ends in
+``.safetensors``) and, beside it, OUT's name with ``.yaml``: a complete config (the base config
+of ``--form``, the keys that build the matching backbone, MODEL.WEIGHTS OUT). Train with it:
 
-    python tools/train_net.py --config configs/Base-RCNN-FPN.yaml ... (merge R-50-tv.yaml) \\
-        MODEL.WEIGHTS R-50-tv.pth
+    python tools/train_net.py --config R-50-tv.yaml
 
 The input is read safely (no code in a tampered pickle runs), and the result must load
-strictly into the backbone the config builds, or nothing is written. IN may be a local path
-or an https:// / resnet_backbones:// URL.
+strictly into the backbone the config builds, or nothing is written. IN may be a local path,
+an https:// URL, resnet_backbones://NAME or hf-hub:ORG/NAME[@REVISION].
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ import sys
 import resnet_backbones  # noqa: F401
 
 # isort: split
-from resnet_backbones.presets import ARCHS
+from resnet_backbones.presets import ARCHS, DETECTOR_FORMS
 from resnet_backbones.weights.export import EXPORT_SOURCES, export_weights
-from resnet_backbones.weights.resolve import resolve
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,10 +37,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--arch", required=True, metavar="NAME", help=f"one of: {', '.join(ARCHS)}")
     parser.add_argument(
-        "input", metavar="IN", help="weights file, or an https:// or resnet_backbones:// URL"
+        "--form",
+        default="FPN",
+        choices=DETECTOR_FORMS,
+        help="the Faster R-CNN form of the config written beside OUT (default: FPN)",
     )
     parser.add_argument(
-        "output", metavar="OUT", help="converted file (.pth); OUT.yaml is written beside it"
+        "input",
+        metavar="IN",
+        help="weights file, https:// URL, resnet_backbones://NAME or hf-hub:ORG/NAME[@REVISION]",
+    )
+    parser.add_argument(
+        "output",
+        metavar="OUT",
+        help="converted file (.pth, or .safetensors); OUT.yaml is written beside it",
     )
     return parser.parse_args(argv)
 
@@ -50,12 +59,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        src = resolve(args.input, key="IN")
-        out, config = export_weights(src, args.output, source=args.source, arch=args.arch)
-    except (ValueError, OSError) as e:
+        out, config = export_weights(
+            args.input, args.output, source=args.source, arch=args.arch, form=args.form
+        )
+    except (ValueError, OSError, ImportError) as e:  # WeightsError and the checks' ValueErrors
         print(f"convert_weights.py: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    print(f"Wrote {out}\nWrote {config}")
+    print(f"Wrote {out}\nWrote {config}\nTrain with: python tools/train_net.py --config {config}")
     return 0
 
 

@@ -110,9 +110,10 @@ def render_weights(complexity: dict) -> str:
     from resnet_backbones.weights.catalog import CATALOG, fitting_config
 
     lines = [
-        "| `MODEL.WEIGHTS` | published by (format) | architecture | params (M) | GMACs | "
-        "top-1 % (published) | test protocol of the top-1 | SHA-256 checked | licence |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| `MODEL.WEIGHTS` | or from the Hugging Face Hub | published by (format) | architecture | "
+        "params (M) | GMACs | top-1 % (published) | test protocol of the top-1 | SHA-256 checked | "
+        "licence |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, e in CATALOG.items():
         counts = complexity["archs"][e.arch]
@@ -127,8 +128,12 @@ def render_weights(complexity: dict) -> str:
             else "none published"
         )
         licence = ("**non-commercial**: " if e.non_commercial else "") + e.license
+        hub = f"`hf-hub:{e.hf_hub_id}`" if e.hf_hub_id else "-"
+        if e.hf_hub_id and e.hf_hub_revision:
+            hub = f"`hf-hub:{e.hf_hub_id}@{e.hf_hub_revision}`"
         lines.append(
-            f"| `resnet_backbones://{name}` | {e.source} | `{e.arch}` | {_m(counts['params'])} | "
+            f"| `resnet_backbones://{name}` | {hub} | {e.source} | `{e.arch}` | "
+            f"{_m(counts['params'])} | "
             f"{_g(counts['macs'])} | {top1} | {e.test_protocol} | {digest} | {licence} |"
         )
     lines += [
@@ -136,7 +141,11 @@ def render_weights(complexity: dict) -> str:
         "Parameters and GMACs are our counts of the ImageNet classifier each file fills (224x224, "
         "1000 classes; docs/model_complexity.json); a test checks that they equal the catalog's "
         "count: torchvision's and timm's published ones, and for detectron2's files (whose "
-        "publisher gives none) torchvision's count of the same architecture. Where the top-1 and "
+        "publisher gives none) torchvision's count of the same architecture. The Hub repositories "
+        "are those that timm's pretrained configs give for the same `name.tag`; none of them was "
+        "fetched here. No revision is pinned, so their default branch is fetched (name a commit "
+        "with `@REVISION` to pin one), and the SHA-256 column applies to the "
+        "`resnet_backbones://` files only (the Hub's are other files). Where the top-1 and "
         "the licence come from:",
         "",
     ]
@@ -147,7 +156,7 @@ def render_weights(complexity: dict) -> str:
     lines += [
         "",
         "The config keys that build each architecture and feed it as its weights were trained "
-        "(`tools/convert_weights.py` writes the same keys as a YAML fragment; the checkpointer "
+        "(`tools/convert_weights.py` writes the same keys into a complete YAML config; the checkpointer "
         "refuses a config whose input format, pixel statistics or stride placement contradicts "
         "them):",
         "",

@@ -4,9 +4,11 @@ Read the pipeline top to bottom; :func:`.checkpoint.prepare_checkpoint` runs it 
 
 1. :mod:`.resolve` -- the path to a local file: ``resnet_backbones://NAME`` through the model-zoo
    :mod:`.catalog`, https and ``detectron2://`` URLs through :mod:`.download` (https only,
-   verified by SHA-256, atomic, cached), local paths as they are.
+   verified by SHA-256, atomic, cached), ``hf-hub:ORG/NAME`` through ``huggingface_hub``, local
+   paths as they are.
 2. :mod:`.read` -- the file's bytes to Python objects without running code from them
-   (``torch.load(weights_only=True)``, or the restricted unpickler of :mod:`.safe_pickle`).
+   (``torch.load(weights_only=True)``, safetensors, or the restricted unpickler of
+   :mod:`.safe_pickle`).
 3. :mod:`.detect` -- which library wrote it (torchvision, timm, MSRA/Caffe2, detectron2, pycls,
    ours), from its layout and names; a torchvision or timm file is of the mapping families whose
    rules read all its names, and the model chooses among them once
@@ -22,8 +24,8 @@ Read the pipeline top to bottom; :func:`.checkpoint.prepare_checkpoint` runs it 
    detectron2's ``DetectionCheckpointer`` (which loads it, and saves and resumes training).
 
 Beside the pipeline: :mod:`.entry` and :mod:`.catalog` (the published weights, each with its
-architecture, input and citation), :mod:`.export` (writes a file of ours plus the config that
-fits it; ``tools/convert_weights.py``) and :mod:`.errors` (one taxonomy, rooted at
+architecture, input and citation), :mod:`.export` (writes a file of ours, torch or safetensors,
+plus the complete config that fits it; ``tools/convert_weights.py``) and :mod:`.errors` (one taxonomy, rooted at
 :class:`~.errors.WeightsError`).
 """
 

@@ -8,6 +8,13 @@ for torchvision and timm, against those libraries' own metadata and models).
 
 Set ``RESNET_BACKBONES_ZOO_BASE_URL`` to fetch every file from a mirror instead (the file name
 of each URL, under that base).
+
+timm's pretrained configs (timm 1.0.31; a test checks them) give a Hugging Face Hub repository
+for the torchvision and timm entries, ``timm/<catalog name>`` (``hf_hub_id``);
+``MODEL.WEIGHTS hf-hub:timm/<name>`` fetches it from there, with the entry's input and layout
+checks. No Hub revision is pinned (``hf_hub_revision`` is None): timm's configs pin none, and no
+offline source we have gives the commits, so the repository's default branch is fetched. The
+Hub's files are other files than the URLs' here, so the SHA-256 prefixes do not apply to them.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ def _tv(arch: str, enum: str, version: int, url: str, num_params: int, top1: flo
         license_source=_TV_LICENSE_SOURCE,
         non_commercial=False,
         torchvision_weights=f"{enum}.IMAGENET1K_V{version}",
+        hf_hub_id=f"timm/{arch}.{tag}",
     )
 
 
@@ -166,6 +174,7 @@ def _timm(name: str, url: str, num_params: int, top1: float, protocol: str, lice
         license=license,
         license_source=license_source,
         non_commercial="-NC" in license,  # CC BY-NC*
+        hf_hub_id=f"timm/{name}",
     )
 
 

@@ -58,6 +58,10 @@ class WeightsEntry:
             carry 8), if the full hash is not known.
         torchvision_weights: for torchvision's files, the Weights enum member that publishes
             them (``ResNet50_Weights.IMAGENET1K_V1``).
+        hf_hub_id: the Hugging Face Hub repository that serves the same weights (timm's
+            ``timm/<name>``), loadable as ``hf-hub:<hf_hub_id>``; None if none does.
+        hf_hub_revision: the commit of that repository to fetch (40 hex digits), or None for
+            its default branch (where no commit has been pinned from a trustworthy source).
     """
 
     name: str
@@ -75,6 +79,8 @@ class WeightsEntry:
     sha256: Optional[str] = None
     sha256_prefix: Optional[str] = None
     torchvision_weights: Optional[str] = None
+    hf_hub_id: Optional[str] = None
+    hf_hub_revision: Optional[str] = None
 
     def __post_init__(self) -> None:
         from ..presets import get_arch
@@ -85,9 +91,14 @@ class WeightsEntry:
             raise ValueError(f"WeightsEntry {self.name!r}: {e}") from None
         if not self.url.startswith("https://"):
             raise ValueError(f"WeightsEntry {self.name!r}: url = {self.url!r} must be https://")
+        if self.hf_hub_id is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.hf_hub_id):
+            raise ValueError(
+                f"WeightsEntry {self.name!r}: hf_hub_id = {self.hf_hub_id!r} must be ORG/NAME"
+            )
         for key, value, lengths in (
             ("sha256", self.sha256, (64, 64)),
             ("sha256_prefix", self.sha256_prefix, (8, 64)),
+            ("hf_hub_revision", self.hf_hub_revision, (40, 40)),
         ):
             if value is not None and not re.fullmatch(
                 rf"[0-9a-f]{{{lengths[0]},{lengths[1]}}}", value

@@ -6,7 +6,8 @@ a failed download an ``OSError``.
 
 * :class:`WeightsError`
     * :class:`WeightsNotFoundError` (``FileNotFoundError``): no such file.
-    * :class:`UnknownWeightsError` (``ValueError``): no such name in the model-zoo catalog.
+    * :class:`UnknownWeightsError` (``ValueError``): no such name in the model-zoo catalog, or
+      a malformed ``hf-hub:`` path.
     * :class:`UnsafeWeightsError` (``ValueError``): the file would run code.
     * :class:`WeightsFormatError` (``ValueError``): unreadable, or of no known format.
     * :class:`IncompatibleWeightsError` (``ValueError``): the weights do not fit
@@ -17,6 +18,8 @@ a failed download an ``OSError``.
     * :class:`UnsafeURLError` (``ValueError``): a URL weights may not be fetched from.
     * :class:`DownloadError` (``OSError``): a download failed
         * :class:`ChecksumError`: ... its SHA-256 is not the published one.
+    * :class:`MissingDependencyError` (``ImportError``): an optional package that the file or
+      path needs is not installed (safetensors, huggingface_hub).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "DownloadError",
     "IncompatibleWeightsError",
     "MetadataMismatchError",
+    "MissingDependencyError",
     "UnknownWeightsError",
     "UnsafeURLError",
     "UnsafeWeightsError",
@@ -45,7 +49,8 @@ class WeightsNotFoundError(WeightsError, FileNotFoundError):
 
 
 class UnknownWeightsError(WeightsError, ValueError):
-    """A ``resnet_backbones://`` name that the model-zoo catalog does not have."""
+    """A ``resnet_backbones://`` name that the model-zoo catalog does not have, or an
+    ``hf-hub:`` path that names no repository."""
 
 
 class UnsafeWeightsError(WeightsError, ValueError):
@@ -81,3 +86,16 @@ class DownloadError(WeightsError, OSError):
 
 class ChecksumError(DownloadError):
     """A downloaded file's SHA-256 differs from the one it was published with."""
+
+
+class MissingDependencyError(WeightsError, ImportError):
+    """An optional package that a weights file or path needs is not installed."""
+
+
+def missing_dependency(package: str, needed_for: str) -> MissingDependencyError:
+    """The error for ``import package`` failing where ``needed_for`` needs it (both extras of
+    ``pip install 'resnet_backbones[hub]'``)."""
+    return MissingDependencyError(
+        f"{needed_for} needs the {package} package, which is not installed; install it with "
+        f"pip install 'resnet_backbones[hub]' (or pip install {package})"
+    )
