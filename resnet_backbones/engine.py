@@ -34,6 +34,24 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def _config_file(path: str) -> str:
+    """``path`` if it is a file, else the shipped config of that name (a leading ``configs/``
+    ignored, so the README's paths work outside a checkout too)."""
+    from . import model_zoo
+
+    if os.path.isfile(path):
+        return path
+    name = path.replace(os.sep, "/")
+    name = name[len("configs/") :] if name.startswith("configs/") else name
+    if name in model_zoo.config_names():
+        return model_zoo.get_config_file(name)
+    raise FileNotFoundError(
+        f"config file not found: {path!r}, neither on disk nor one of resnet_backbones' configs "
+        f"by name (`resnet-backbones presets` lists the presets; the configs are in "
+        f"{model_zoo.configs_dir()})"
+    )
+
+
 def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> CfgNode:
     """detectron2's default config, extended with our keys, merged with one or more files in
     order (a later file wins), then with ``KEY VALUE`` overrides.
@@ -42,16 +60,18 @@ def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> 
     relative to the folder of the YAML file that sets the key; in ``opts``, relative to the
     working directory.
 
+    A config file that is not on disk may be one of ours by name (the configs ship with the
+    package): ``quickstart/faster_rcnn_R18_FPN_shapes.yaml`` is
+    ``model_zoo.get_config_file("quickstart/faster_rcnn_R18_FPN_shapes.yaml")``.
+
     Raises:
-        FileNotFoundError: naming a config file that does not exist.
+        FileNotFoundError: naming a config file that is neither on disk nor one of ours.
     """
     if isinstance(config_files, (str, os.PathLike)):
         config_files = [config_files]
     if not config_files:
         raise ValueError("load_config needs at least one config file; none was given")
-    for config_file in config_files:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"config file not found: {str(config_file)!r}")
+    config_files = [_config_file(str(f)) for f in config_files]
     cfg = get_cfg()
     add_resnet_backbones_config(cfg)
     for config_file in config_files:

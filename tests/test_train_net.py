@@ -147,6 +147,15 @@ def test_command_line_flags(capsys):
         load_config("missing.yaml")
 
 
+def test_shipped_configs_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    by_path = load_config(QUICKSTART)
+    for name in ("quickstart/faster_rcnn_R18_FPN_shapes.yaml", os.path.relpath(QUICKSTART, REPO)):
+        assert load_config(name) == by_path
+    with pytest.raises(FileNotFoundError, match=r"'quickstart/nope.yaml', neither on disk nor"):
+        load_config("quickstart/nope.yaml")
+
+
 def test_optimizer_choice():
     from torch import nn
 
