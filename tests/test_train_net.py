@@ -52,6 +52,8 @@ def test_train_net_tool_trains_evaluates_and_draws(tmp_path):
         "--config", QUICKSTART, "--visualize", "4",
         "SOLVER.MAX_ITER", "5", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
         "DATASETS.TRAIN", "('shapes_val',)", "OUTPUT_DIR", str(out),
+        # Evaluating all 150 images at 256 px was most of this test's time.
+        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
