@@ -56,6 +56,8 @@ class Arch:
         stride_in_1x1: its bottlenecks have their stride in the first 1x1 conv (MSRA's Caffe2
             ResNets) rather than the 3x3 conv (torchvision, timm, FAIR's ResNeXt).
         preset: the name of its preset (set by :data:`ARCHS`).
+        publisher: who trained and published its weights, where that is not the library of its
+            format: "MSRA" or "FAIR" for the Caffe2 files (see :attr:`published_by`).
     """
 
     name: str
@@ -63,6 +65,7 @@ class Arch:
     family: Optional[str]
     stride_in_1x1: bool = False
     preset: str = ""
+    publisher: Optional[str] = None
 
     def __post_init__(self) -> None:
         from .weights.mappings import FAMILIES
@@ -75,6 +78,17 @@ class Arch:
             )
         if self.family is not None:
             check_choice(f"Arch {self.name!r}: family", self.family, FAMILIES)
+        if (self.publisher is None) != (self.source != "msra"):
+            raise ValueError(
+                f"Arch {self.name!r}: publisher = {self.publisher!r} with source = "
+                f"{self.source!r}; msra (Caffe2) archs name their publisher (MSRA, FAIR), "
+                "torchvision and timm archs none (the library is the publisher)"
+            )
+
+    @property
+    def published_by(self) -> str:
+        """Who published its weights: the publisher, else the library of its format."""
+        return self.publisher or self.source
 
     @property
     def config(self) -> dict[str, Any]:
@@ -105,9 +119,9 @@ def _timm(name: str, family: str) -> Arch:
     return Arch(name, "timm", family)
 
 
-def _msra(name: str, stride_in_1x1: bool) -> Arch:
+def _msra(name: str, stride_in_1x1: bool, publisher: str = "MSRA") -> Arch:
     """A Caffe2 file of MSRA or FAIR (detectron2's ImageNet files)."""
-    return Arch(name, "msra", None, stride_in_1x1)
+    return Arch(name, "msra", None, stride_in_1x1, publisher=publisher)
 
 
 @dataclass(frozen=True)
@@ -202,7 +216,7 @@ _ROWS = [
         _r(DEPTH=101, NUM_GROUPS=32, WIDTH_PER_GROUP=8, **_TV),
         _coco("X_101_32x8d_FPN"),
         "ResNeXt",
-        archs=(_tv("resnext101_32x8d"), _msra("X-101-32x8d", stride_in_1x1=False)),
+        archs=(_tv("resnext101_32x8d"), _msra("X-101-32x8d", stride_in_1x1=False, publisher="FAIR")),
     ),
     Preset("X-101-64x4d", "detection", _r(DEPTH=101, NUM_GROUPS=64, WIDTH_PER_GROUP=4, **_TV),
            paper="ResNeXt", archs=(_tv("resnext101_64x4d"),)),

@@ -23,7 +23,7 @@ from resnet_backbones.modeling.blocks import BasicBlock, BottleneckBlock
 from resnet_backbones.modeling.ops import DeformConv2d
 from resnet_backbones.modeling.resnet import build_res5_head
 from resnet_backbones.modeling.spec import BLOCK_ORDERS, BlockOptions
-from resnet_backbones.presets import ARCHS, PRESETS, detector_form, preset_config
+from resnet_backbones.presets import ARCHS, PRESETS, apply_preset, detector_form, preset_config
 from resnet_backbones.utils import config_get
 from resnet_backbones.weights.catalog import default_weights
 from resnet_backbones.weights.checkpoint import prepare_checkpoint
@@ -356,6 +356,15 @@ BAD_COMBINATIONS = [
         r"50 or deeper, or RES2NET_SCALE 1$",
     ),
     (
+        # DEPTH 50 over an R-18 config (RES2_OUT_CHANNELS 64): no ResNet-50, refused.
+        dict(depth=50, res2_out_channels=64),
+        r"^res2_out_channels = 64 is not valid for depth 50, which uses bottleneck blocks: every "
+        r"named bottleneck network has 256 .*; set it to 256, or depth 18 or 34 for 64$",
+        r"^MODEL\.RESNETS\.RES2_OUT_CHANNELS = 64 is not valid for DEPTH 50, which uses bottleneck "
+        r"blocks: every named bottleneck network has 256 .*; set it to 256, or DEPTH 18 or 34 for "
+        r"64$",
+    ),
+    (
         dict(depth=50, block_order="preact", shortcut="A"),
         r"^shortcut = 'A' is not defined with block_order 'preact': .*; use shortcut 'B' or 'C'$",
         r"^MODEL\.RESNETS\.SHORTCUT = 'A' is not defined with BLOCK_ORDER 'preact': .*; use "
@@ -556,6 +565,41 @@ def _covered_by_configs():
 
 
 COVERED = _covered_by_configs()
+
+
+def test_a_preset_in_a_form_it_lacks_is_a_clear_error_not_a_crash_in_the_forward():
+    with pytest.raises(ValueError, match=r"^preset 'ReXNet-100': form = 'C4' is not valid; valid "
+                       r"values: 'FPN'$"):  # fmt: skip
+        preset_config("ReXNet-100", "C4")
+    with pytest.raises(ValueError, match=r"^form = 'FPN': preset 'CIFAR-ResNet-20' is a "
+                       r"classification network .*; call preset_config\('CIFAR-ResNet-20'\) for "
+                       r"its classifier config, or use a detection preset: R-18, R-34, "):  # fmt: skip
+        preset_config("CIFAR-ResNet-20", "FPN")
+    c4 = load_config(os.path.join(REPO, "configs", "Base-RCNN-C4.yaml"))
+    with pytest.raises(ValueError, match=r"^preset 'ReXNet-100' does not work in the C4 form of "
+                       r"this config; its forms: FPN\. Merge configs/Base-RCNN-FPN\.yaml instead, "
+                       r"or use preset_config\('ReXNet-100', form='FPN'\)$"):  # fmt: skip
+        apply_preset(c4, "ReXNet-100")
+    # A detector built from a classification config, or from a hand-made ReXNet C4 config:
+    # refused at build time, not with a conv shape error in the first forward.
+    cifar = preset_config("CIFAR-ResNet-20")
+    cifar.MODEL.DEVICE = "cpu"
+    with pytest.raises(ValueError, match=r"a C4 head needs a res5 stage, but this network"):
+        build_model(cifar)
+    c4.MODEL.DEVICE = "cpu"
+    c4.MODEL.BACKBONE.NAME = "build_rexnet_backbone"
+    c4.MODEL.REXNET.OUT_FEATURES = ["res4"]
+    with pytest.raises(ValueError, match=r"^Res5FamilyROIHeads builds res5 from MODEL\.RESNETS, "
+                       r"which takes 1024 channels, but the backbone \(build_rexnet_backbone\) "
+                       r"gives 128 at res4"):  # fmt: skip
+        build_model(c4)
+
+
+def test_apply_preset_gives_detectron2_c4_configs_the_presets_own_head():
+    cfg = preset_config("R-50", "C4")
+    cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"  # detectron2's, as in its own C4 configs
+    apply_preset(cfg, "R-18")
+    assert cfg.MODEL.ROI_HEADS.NAME == "Res5FamilyROIHeads"
 
 
 def test_preset_configs_are_in_the_forms_they_claim():

@@ -104,3 +104,16 @@ def test_every_arch_row_builds_a_backbone_its_weights_load_into(name):
     state = to_backbone(weights.format, weights.state_dict, family=arch.family)
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     build_clean_backbone(arch_config(name)).load_state_dict(state, strict=True)
+
+
+def test_each_file_is_credited_to_its_publisher_not_its_format():
+    """detectron2's Caffe2 files share a format (msra) but not a publisher: FAIR trained the
+    ResNeXt, MSRA the ResNets; MODEL_ZOO.md's "published by" column is generated from this."""
+    by = {name: e.published_by for name, e in catalog.CATALOG.items()}
+    assert by["X-101-32x8d.fair_in1k"] == "FAIR"
+    assert by["R-50.msra_in1k"] == by["R-101.msra_in1k"] == "MSRA"
+    for name, entry in catalog.CATALOG.items():
+        if entry.source != "msra":
+            assert by[name] == entry.source, name
+    text = (Path(REPO) / "MODEL_ZOO.md").read_text(encoding="utf-8")
+    assert "| `resnet_backbones://X-101-32x8d.fair_in1k` | FAIR (msra) |" in text
