@@ -5,7 +5,6 @@ type, and the errors for combinations that define no network."""
 import dataclasses
 import math
 import os
-import urllib.parse
 
 import pytest
 import torch
@@ -27,13 +26,12 @@ from resnet_backbones.presets import ARCHS, PRESETS, apply_preset, detector_form
 from resnet_backbones.utils import config_get
 from resnet_backbones.weights.catalog import default_weights
 from resnet_backbones.weights.checkpoint import prepare_checkpoint
-from resnet_backbones.weights.download import CACHE_ENV
+from resnet_backbones.weights.download import CACHE_ENV, cache_path
 from resnet_backbones.weights.metadata import check_metadata, metadata_from_config
-from resnet_backbones.weights.resolve import ZOO_BASE_URL_ENV, catalog_entry_for
+from resnet_backbones.weights.resolve import ZOO_BASE_URL_ENV, catalog_entry_for, zoo_url
 
 from .helpers import (
     REPO,
-    WeightsServer,
     preset_forms,
     randomize_norm_statistics,
     reference_state,
@@ -610,27 +608,27 @@ def test_preset_configs_are_in_the_forms_they_claim():
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    """The model zoo on a loopback server: ``serve(entry)`` puts random weights in the entry's
-    own names and format (made once) under its file name, where ``resnet_backbones://NAME``
-    fetches them (a mirror, ``RESNET_BACKBONES_ZOO_BASE_URL``). The catalog's hashes are those of
-    the published files, so the entries are served without one; each file is downloaded once
-    into a cache of this module."""
+    """The model zoo, offline: ``serve(entry)`` puts random weights in the entry's own names and
+    format (made once) in the download cache, where ``resnet_backbones://NAME`` finds them. The
+    catalog's hashes are those of the published files, so the entries are used without one; the
+    mirror is a closed loopback port, so a file not in the cache fails instead of being fetched."""
     from resnet_backbones.weights import catalog
 
-    with pytest.MonkeyPatch.context() as mp, WeightsServer() as server:
+    with pytest.MonkeyPatch.context() as mp:
         for name, entry in catalog.CATALOG.items():
             mp.setitem(catalog.CATALOG, name, dataclasses.replace(entry, sha256_prefix=None))
-        mp.setenv(ZOO_BASE_URL_ENV, server.base_url)
+        mp.setenv(ZOO_BASE_URL_ENV, "http://127.0.0.1:9/zoo")
         mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("zoo_cache")))
 
         def serve(entry):
-            url_path = "/" + os.path.basename(urllib.parse.urlparse(entry.url).path)
-            if url_path not in server.files:
+            cached = cache_path(zoo_url(entry))
+            if not os.path.isfile(cached):
                 arch = ARCHS[entry.arch]
-                path = save_in_its_format(
+                made = save_in_its_format(
                     reference_state(arch), arch, tmp_path_factory.mktemp(entry.name)
                 )
-                server.files[url_path] = path.read_bytes()
+                os.makedirs(os.path.dirname(cached), exist_ok=True)
+                os.replace(made, cached)
 
         yield serve
 
@@ -649,7 +647,7 @@ def _images(sizes):
 def test_every_preset_works_in_every_form_it_claims(name, form, zoo):
     """preset_config(name, form) builds a Faster R-CNN that takes a training step, loads the
     preset's default weights (random, in the publisher's names and format, through the zoo name
-    its MODEL.WEIGHTS gives) without contradiction, and detects in eval. The (preset, form)
+    its MODEL.WEIGHTS gives, from the download cache) without contradiction, and detects in eval. The (preset, form)
     pairs of the configs under configs/ are stepped and loaded by test_configs.py, and equal
     preset_config's (test_every_preset_config_builds_exactly_its_preset)."""
     cfg = preset_config(name, form)
