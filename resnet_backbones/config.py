@@ -18,7 +18,7 @@ errors; this module hands it the config keys instead (:data:`RESNETS_NAMES`,
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
@@ -33,6 +33,7 @@ from .solver import OPTIMIZERS
 from .utils import ArgumentNames, check_choice, config_get
 
 __all__ = [
+    "BASE_CONFIGS",
     "FPN_BACKBONES",
     "MissingConfigKeysError",
     "OPTIMIZERS",
@@ -44,6 +45,7 @@ __all__ = [
     "build_clean_backbone",
     "check_config_extended",
     "clean_backbone_config",
+    "detector_form",
     "resnet_family_arguments",
     "resnet_spec_from_config",
     "resolve_norm",
@@ -254,6 +256,30 @@ FPN_BACKBONES: dict[str, str] = {
     "build_rexnet_backbone": "build_rexnet_fpn_backbone",
 }
 # Every registered backbone builder of the package -> the plain builder of its network.
+# The RoI heads of a C4 detector: detectron2's and ours (modeling/roi_heads.py).
+_C4_HEADS = ("Res5ROIHeads", "Res5FamilyROIHeads")
+
+# The base config of each of detectron2's three Faster R-CNN forms, under configs/ (found by
+# resnet_backbones.model_zoo.base_config_file).
+BASE_CONFIGS: dict[str, str] = {
+    "C4": "Base-RCNN-C4.yaml",
+    "DC5": "Base-RCNN-DilatedC5.yaml",
+    "FPN": "Base-RCNN-FPN.yaml",
+}
+
+
+def detector_form(cfg: CfgNode) -> Optional[str]:
+    """The Faster R-CNN form ``cfg`` builds: "FPN" for an FPN backbone, "C4" for a res5 RoI head,
+    "DC5" for a dilated res5 read by a box head; None for anything else (a RetinaNet ...)."""
+    if cfg.MODEL.BACKBONE.NAME in FPN_BACKBONES.values():
+        return "FPN"
+    if cfg.MODEL.ROI_HEADS.NAME in _C4_HEADS:
+        return "C4"
+    if cfg.MODEL.RESNETS.RES5_DILATION == 2 and list(cfg.MODEL.ROI_HEADS.IN_FEATURES) == ["res5"]:
+        return "DC5"
+    return None
+
+
 PLAIN_BACKBONES: dict[str, str] = {
     **{plain: plain for plain in FPN_BACKBONES},
     **{fpn: plain for plain, fpn in FPN_BACKBONES.items()},

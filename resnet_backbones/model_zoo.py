@@ -23,11 +23,10 @@ from functools import cache
 
 from detectron2.config import CfgNode, get_cfg
 
-from .config import add_resnet_backbones_config
+from .config import BASE_CONFIGS, add_resnet_backbones_config
 from .weights.resolve import DETECTRON2_PREFIX, ZOO_PREFIX, fetch_url
 
 __all__ = [
-    "BASE_CONFIGS",
     "DETECTRON2_NETWORKS",
     "base_config_file",
     "configs_dir",
@@ -36,13 +35,6 @@ __all__ = [
     "get_config",
     "get_config_file",
 ]
-
-# The base config of each of detectron2's three Faster R-CNN forms.
-BASE_CONFIGS = {
-    "C4": "Base-RCNN-C4.yaml",
-    "DC5": "Base-RCNN-DilatedC5.yaml",
-    "FPN": "Base-RCNN-FPN.yaml",
-}
 
 # A config of every tree; its presence tells the configs folder from any other "configs".
 _MARKER = "Base-RCNN-FPN.yaml"

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 
 from detectron2.config import CfgNode, get_cfg
 
-from .config import FPN_BACKBONES, add_resnet_backbones_config
+from .config import BASE_CONFIGS, FPN_BACKBONES, add_resnet_backbones_config, detector_form
 from .utils import check_choice, config_set
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Preset",
     "apply_preset",
     "arch_config",
+    "detector_form",
     "get_arch",
     "preset_config",
 ]
@@ -54,6 +55,8 @@ class Arch:
         stride_in_1x1: its bottlenecks have their stride in the first 1x1 conv (MSRA's Caffe2
             ResNets) rather than the 3x3 conv (torchvision, timm, FAIR's ResNeXt).
         preset: the name of its preset (set by :data:`ARCHS`).
+        publisher: who trained and published its weights, where that is not the library of its
+            format: "MSRA" or "FAIR" for the Caffe2 files (see :attr:`published_by`).
     """
 
     name: str
@@ -61,6 +64,7 @@ class Arch:
     family: Optional[str]
     stride_in_1x1: bool = False
     preset: str = ""
+    publisher: Optional[str] = None
 
     def __post_init__(self) -> None:
         from .weights.mappings import FAMILIES
@@ -73,6 +77,17 @@ class Arch:
             )
         if self.family is not None:
             check_choice(f"Arch {self.name!r}: family", self.family, FAMILIES)
+        if (self.publisher is None) != (self.source != "msra"):
+            raise ValueError(
+                f"Arch {self.name!r}: publisher = {self.publisher!r} with source = "
+                f"{self.source!r}; msra (Caffe2) archs name their publisher (MSRA, FAIR), "
+                "torchvision and timm archs none (the library is the publisher)"
+            )
+
+    @property
+    def published_by(self) -> str:
+        """Who published its weights: the publisher, else the library of its format."""
+        return self.publisher or self.source
 
     @property
     def config(self) -> dict[str, Any]:
@@ -103,9 +118,9 @@ def _timm(name: str, family: str) -> Arch:
     return Arch(name, "timm", family)
 
 
-def _msra(name: str, stride_in_1x1: bool) -> Arch:
+def _msra(name: str, stride_in_1x1: bool, publisher: str = "MSRA") -> Arch:
     """A Caffe2 file of MSRA or FAIR (detectron2's ImageNet files)."""
-    return Arch(name, "msra", None, stride_in_1x1)
+    return Arch(name, "msra", None, stride_in_1x1, publisher=publisher)
 
 
 @dataclass(frozen=True)
@@ -201,7 +216,7 @@ _ROWS = [
         _r(DEPTH=101, NUM_GROUPS=32, WIDTH_PER_GROUP=8, **_TV),
         _coco("X_101_32x8d_FPN"),
         "ResNeXt",
-        archs=(_tv("resnext101_32x8d"), _msra("X-101-32x8d", stride_in_1x1=False)),
+        archs=(_tv("resnext101_32x8d"), _msra("X-101-32x8d", stride_in_1x1=False, publisher="FAIR")),
     ),
     Preset("X-101-64x4d", "detection", _r(DEPTH=101, NUM_GROUPS=64, WIDTH_PER_GROUP=4, **_TV),
            paper="ResNeXt", archs=(_tv("resnext101_64x4d"),)),
@@ -306,34 +321,119 @@ def get_arch(name: str) -> Arch:
 
 
 def apply_preset(cfg: CfgNode, name: str) -> CfgNode:
-    """Sets the keys of preset ``name`` on ``cfg`` (in place) and returns it.
+    """Sets the keys of preset ``name`` on ``cfg`` (in place) and returns it: the network only,
+    not its weights or input (:func:`preset_config` gives those too).
 
-    ``cfg`` is typically a base config of one detector form, merged already (e.g.
-    configs/Base-RCNN-FPN.yaml). A preset that names a plain backbone builder gets its FPN
-    builder (:data:`FPN_BACKBONES`) where ``cfg`` builds an FPN.
+    ``cfg`` is typically a base config of one detector form, merged already, e.g.::
+
+        cfg = add_resnet_backbones_config(get_cfg())
+        cfg.merge_from_file("configs/Base-RCNN-C4.yaml")
+        apply_preset(cfg, "Res2Net-50-26w-4s")
+
+    A preset that names a plain backbone builder gets its FPN builder (:data:`FPN_BACKBONES`)
+    where ``cfg`` builds an FPN, and detectron2's C4 head ``Res5ROIHeads`` (three plain
+    bottlenecks, whatever the backbone) becomes ``Res5FamilyROIHeads`` (res5 of the preset's own
+    blocks; the same parameters for a plain ResNet).
 
     Raises:
-        ValueError: an unknown preset (listing the valid names), or a key ``cfg`` lacks (call
+        ValueError: an unknown preset (listing the valid names); a detection preset in a form it
+            does not work in (listing its forms); a key ``cfg`` lacks (call
             ``add_resnet_backbones_config`` first).
     """
     check_choice("preset", name, PRESETS)
-    fpn = cfg.MODEL.BACKBONE.NAME in FPN_BACKBONES.values()
-    for key, value in PRESETS[name].keys.items():
+    preset = PRESETS[name]
+    form = detector_form(cfg)
+    if preset.task == "detection" and form is not None and form not in preset.forms:
+        raise ValueError(
+            f"preset {name!r} does not work in the {form} form of this config; its forms: "
+            f"{', '.join(preset.forms)}. Merge configs/{BASE_CONFIGS[preset.forms[0]]} instead, "
+            f"or use preset_config({name!r}, form={preset.forms[0]!r})"
+        )
+    return _set_keys(cfg, preset, fpn=form == "FPN")
+
+
+def _set_keys(cfg: CfgNode, preset: Preset, *, fpn: bool) -> CfgNode:
+    """The preset's keys on ``cfg``, its FPN builder where ``fpn``; our C4 head for
+    detectron2's."""
+    for key, value in preset.keys.items():
         if key == "MODEL.BACKBONE.NAME" and fpn:
             value = FPN_BACKBONES[value]
         config_set(cfg, key, value)
+    # detectron2's C4 head builds three plain bottlenecks whatever the backbone; ours builds res5
+    # of the backbone's own kind (equal to detectron2's for a plain ResNet).
+    if cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads":
+        cfg.MODEL.ROI_HEADS.NAME = "Res5FamilyROIHeads"
     return cfg
 
 
-def preset_config(name: str) -> CfgNode:
-    """detectron2's default config, with our keys, set to the preset ``name``."""
-    return apply_preset(add_resnet_backbones_config(get_cfg()), name)
+def _network_config(name: str) -> CfgNode:
+    """detectron2's default config with our keys and preset ``name``'s network (its plain
+    backbone builder): the config of a classifier or a conversion, not of a detector."""
+    return _set_keys(add_resnet_backbones_config(get_cfg()), PRESETS[name], fpn=False)
+
+
+def preset_config(name: str, form: Optional[str] = None) -> CfgNode:
+    """The detectron2 config of preset ``name``.
+
+    For a detection preset: a complete Faster R-CNN in ``form`` ("C4", "DC5" or "FPN"; default
+    "FPN", the one form every detection preset works in), merged on configs/Base-RCNN-*.yaml,
+    with the C4 head of the preset's own blocks and, where the preset has default weights
+    (:func:`~resnet_backbones.weights.catalog.default_weights`), ``MODEL.WEIGHTS`` naming them
+    in the zoo and the input format, pixel statistics and stride placement they were trained
+    with (so they load without contradiction). Without default weights (SE-R-101) the network
+    trains from scratch: ``MODEL.WEIGHTS`` empty, BN and no frozen stage.
+
+    For a classification preset (the CIFAR networks), ``form`` must be None: detectron2's
+    default config with the preset's ``MODEL.RESNETS`` keys, for
+    :class:`~resnet_backbones.modeling.ResNetClassifier`.
+
+    Raises:
+        ValueError: an unknown preset (listing the valid ones), a form the preset does not work
+            in (listing its forms), or a form for a classification preset.
+    """
+    check_choice("preset", name, PRESETS)
+    preset = PRESETS[name]
+    if preset.task == "classification":
+        if form is not None:
+            detection = [n for n, p in PRESETS.items() if p.task == "detection"]
+            raise ValueError(
+                f"form = {form!r}: preset {name!r} is a classification network (CIFAR), which has "
+                f"no res5 for a detector; call preset_config({name!r}) for its classifier config, "
+                f"or use a detection preset: {', '.join(detection)}"
+            )
+        return _network_config(name)
+    form = "FPN" if form is None else form
+    check_choice(f"preset {name!r}: form", form, preset.forms)
+    cfg = add_resnet_backbones_config(get_cfg())
+    from .model_zoo import base_config_file
+
+    cfg.merge_from_file(base_config_file(form))
+    apply_preset(cfg, name)
+    from .weights.catalog import default_weights
+    from .weights.resolve import ZOO_PREFIX
+
+    entry = default_weights(name)
+    if entry is None:
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.BACKBONE.FREEZE_AT = 0
+        resnet = "MODEL.RESNETS.DEPTH" in preset.keys
+        config_set(cfg, "MODEL.RESNETS.NORM" if resnet else "MODEL.REXNET.NORM", "BN")
+        return cfg
+    cfg.MODEL.WEIGHTS = ZOO_PREFIX + entry.name
+    for key, value in entry.input.config.items():
+        config_set(cfg, key, value)
+    # The weights' layout (stride placement) and FrozenBN, as for fine-tuning them.
+    layout = ("MODEL.RESNETS.STRIDE_IN_1X1", "MODEL.RESNETS.NORM", "MODEL.REXNET.NORM")
+    for key, value in ARCHS[entry.arch].config.items():
+        if key in layout:
+            config_set(cfg, key, value)
+    return cfg
 
 
 def arch_config(name: str) -> CfgNode:
     """The config of arch ``name``'s preset (its plain backbone builder), in the arch's layout."""
     arch = get_arch(name)
-    cfg = preset_config(arch.preset)
+    cfg = _network_config(arch.preset)
     for key, value in arch.config.items():
         if key != "MODEL.BACKBONE.NAME":
             config_set(cfg, key, value)

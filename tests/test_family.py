@@ -23,9 +23,21 @@ from resnet_backbones.modeling.blocks import BasicBlock, BottleneckBlock
 from resnet_backbones.modeling.ops import DeformConv2d
 from resnet_backbones.modeling.resnet import build_res5_head
 from resnet_backbones.modeling.spec import BLOCK_ORDERS, BlockOptions
-from resnet_backbones.presets import PRESETS, apply_preset, preset_config
+from resnet_backbones.presets import ARCHS, PRESETS, apply_preset, detector_form, preset_config
+from resnet_backbones.utils import config_get
+from resnet_backbones.weights.catalog import default_weights
+from resnet_backbones.weights.checkpoint import prepare_checkpoint
+from resnet_backbones.weights.download import CACHE_ENV, cache_path
+from resnet_backbones.weights.metadata import check_metadata, metadata_from_config
+from resnet_backbones.weights.resolve import ZOO_BASE_URL_ENV, catalog_entry_for, zoo_url
 
-from .helpers import BASE_CONFIGS, REPO, preset_forms, randomize_norm_statistics
+from .helpers import (
+    REPO,
+    preset_forms,
+    randomize_norm_statistics,
+    reference_state,
+    save_in_its_format,
+)
 
 
 def _count(model):
@@ -343,6 +355,15 @@ BAD_COMBINATIONS = [
         r"50 or deeper, or RES2NET_SCALE 1$",
     ),
     (
+        # DEPTH 50 over an R-18 config (RES2_OUT_CHANNELS 64): no ResNet-50, refused.
+        dict(depth=50, res2_out_channels=64),
+        r"^res2_out_channels = 64 is not valid for depth 50, which uses bottleneck blocks: every "
+        r"named bottleneck network has 256 .*; set it to 256, or depth 18 or 34 for 64$",
+        r"^MODEL\.RESNETS\.RES2_OUT_CHANNELS = 64 is not valid for DEPTH 50, which uses bottleneck "
+        r"blocks: every named bottleneck network has 256 .*; set it to 256, or DEPTH 18 or 34 for "
+        r"64$",
+    ),
+    (
         dict(depth=50, block_order="preact", shortcut="A"),
         r"^shortcut = 'A' is not defined with block_order 'preact': .*; use shortcut 'B' or 'C'$",
         r"^MODEL\.RESNETS\.SHORTCUT = 'A' is not defined with BLOCK_ORDER 'preact': .*; use "
@@ -487,22 +508,31 @@ def test_cifar_out_features_stop_at_res4():
 # Presets and their configs
 # --------------------------------------------------------------------------------------------
 def test_every_preset_config_builds_exactly_its_preset():
+    """Each config under configs/ is preset_config(preset, its form), up to the recipe: the same
+    network (a config may choose the norm), head, weights, input and stride placement."""
     listed = []
     for name, preset in PRESETS.items():
-        expected_cfg = preset_config(name)
         for config in preset.configs:
             listed.append(config)
             cfg = load_config(get_config_file(config))
+            expected_cfg = preset_config(name, detector_form(cfg))
+            for key in ("MODEL.BACKBONE.NAME", "MODEL.ROI_HEADS.NAME"):
+                assert config_get(cfg, key) == config_get(expected_cfg, key), (config, key)
+            entry = default_weights(name)
+            assert catalog_entry_for(cfg.MODEL.WEIGHTS) is entry, config
+            if entry is not None:
+                keys = ["INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"]
+                metadata = {k: config_get(expected_cfg, k) for k in keys}
+                check_metadata(metadata_from_config(metadata), cfg, source=config)
             if preset.keys.get("MODEL.BACKBONE.NAME", "").startswith("build_rexnet"):
-                assert cfg.MODEL.BACKBONE.NAME.startswith("build_rexnet")
                 assert cfg.MODEL.REXNET.WIDTH_MULT == expected_cfg.MODEL.REXNET.WIDTH_MULT
                 continue
             got, want = resnet_spec_from_config(cfg), resnet_spec_from_config(expected_cfg)
-            # A config may choose the norm and the res5 dilation (DC5); the network is the same.
+            # A config may choose the norm; DC5's dilation is checked by the step test.
             got = dataclasses.replace(
                 got,
                 options=dataclasses.replace(got.options, norm=want.options.norm),
-                stages=tuple(dataclasses.replace(s, dilation=1, stride=w.stride)
+                stages=tuple(dataclasses.replace(s, dilation=w.dilation, stride=w.stride)
                              for s, w in zip(got.stages, want.stages)),
             )  # fmt: skip
             assert got == want, config
@@ -532,22 +562,99 @@ def _covered_by_configs():
 COVERED = _covered_by_configs()
 
 
+def test_a_preset_in_a_form_it_lacks_is_a_clear_error_not_a_crash_in_the_forward():
+    with pytest.raises(ValueError, match=r"^preset 'ReXNet-100': form = 'C4' is not valid; valid "
+                       r"values: 'FPN'$"):  # fmt: skip
+        preset_config("ReXNet-100", "C4")
+    with pytest.raises(ValueError, match=r"^form = 'FPN': preset 'CIFAR-ResNet-20' is a "
+                       r"classification network .*; call preset_config\('CIFAR-ResNet-20'\) for "
+                       r"its classifier config, or use a detection preset: R-18, R-34, "):  # fmt: skip
+        preset_config("CIFAR-ResNet-20", "FPN")
+    c4 = load_config(os.path.join(REPO, "configs", "Base-RCNN-C4.yaml"))
+    with pytest.raises(ValueError, match=r"^preset 'ReXNet-100' does not work in the C4 form of "
+                       r"this config; its forms: FPN\. Merge configs/Base-RCNN-FPN\.yaml instead, "
+                       r"or use preset_config\('ReXNet-100', form='FPN'\)$"):  # fmt: skip
+        apply_preset(c4, "ReXNet-100")
+    # A detector built from a classification config, or from a hand-made ReXNet C4 config:
+    # refused at build time, not with a conv shape error in the first forward.
+    cifar = preset_config("CIFAR-ResNet-20")
+    cifar.MODEL.DEVICE = "cpu"
+    with pytest.raises(ValueError, match=r"a C4 head needs a res5 stage, but this network"):
+        build_model(cifar)
+    c4.MODEL.DEVICE = "cpu"
+    c4.MODEL.BACKBONE.NAME = "build_rexnet_backbone"
+    c4.MODEL.REXNET.OUT_FEATURES = ["res4"]
+    with pytest.raises(ValueError, match=r"^Res5FamilyROIHeads builds res5 from MODEL\.RESNETS, "
+                       r"which takes 1024 channels, but the backbone \(build_rexnet_backbone\) "
+                       r"gives 128 at res4"):  # fmt: skip
+        build_model(c4)
+
+
+def test_apply_preset_gives_detectron2_c4_configs_the_presets_own_head():
+    cfg = preset_config("R-50", "C4")
+    cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"  # detectron2's, as in its own C4 configs
+    apply_preset(cfg, "R-18")
+    assert cfg.MODEL.ROI_HEADS.NAME == "Res5FamilyROIHeads"
+
+
 def test_preset_configs_are_in_the_forms_they_claim():
     assert all(form in PRESETS[name].forms for name, form in COVERED)
     assert {f for n, f in preset_forms() if n == "ReXNet-100"} == {"FPN"}
     assert len(preset_forms()) == 21 * 3 + 1
 
 
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """The model zoo, offline: ``serve(entry)`` puts random weights in the entry's own names and
+    format (made once) in the download cache, where ``resnet_backbones://NAME`` finds them. The
+    catalog's hashes are those of the published files, so the entries are used without one; the
+    mirror is a closed loopback port, so a file not in the cache fails instead of being fetched."""
+    from resnet_backbones.weights import catalog
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, entry in catalog.CATALOG.items():
+            mp.setitem(catalog.CATALOG, name, dataclasses.replace(entry, sha256_prefix=None))
+        mp.setenv(ZOO_BASE_URL_ENV, "http://127.0.0.1:9/zoo")
+        mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("zoo_cache")))
+
+        def serve(entry):
+            cached = cache_path(zoo_url(entry))
+            if not os.path.isfile(cached):
+                arch = ARCHS[entry.arch]
+                made = save_in_its_format(
+                    reference_state(arch), arch, tmp_path_factory.mktemp(entry.name)
+                )
+                os.makedirs(os.path.dirname(cached), exist_ok=True)
+                os.replace(made, cached)
+
+        yield serve
+
+
+def _images(sizes):
+    batch = []
+    for h, w in sizes:
+        instances = Instances((h, w))
+        instances.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, 40.0, 50.0], [20.0, 14.0, 60.0, 60.0]]))
+        instances.gt_classes = torch.tensor([0, 5])
+        batch.append({"image": torch.rand(3, h, w) * 255, "instances": instances})
+    return batch
+
+
 @pytest.mark.parametrize("name, form", [c for c in preset_forms() if c not in COVERED])
-def test_every_preset_takes_a_training_step_in_every_form_it_claims(name, form):
-    cfg = load_config(os.path.join(REPO, "configs", BASE_CONFIGS[form]))
-    apply_preset(cfg, name)
-    # Small RoI budgets: one step on the CPU, not a recipe.
+def test_every_preset_works_in_every_form_it_claims(name, form, zoo):
+    """preset_config(name, form) builds a Faster R-CNN that takes a training step, loads the
+    preset's default weights (random, in the publisher's names and format, through the zoo name
+    its MODEL.WEIGHTS gives, from the download cache) without contradiction, and detects in eval. The (preset, form)
+    pairs of the configs under configs/ are stepped and loaded by test_configs.py, and equal
+    preset_config's (test_every_preset_config_builds_exactly_its_preset)."""
+    cfg = preset_config(name, form)
+    # Small RoI budgets and images: one step on the CPU, not a recipe.
     cfg.merge_from_list(
         ["MODEL.DEVICE", "cpu", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 256,
-         "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32]
+         "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
+         "MODEL.RPN.PRE_NMS_TOPK_TEST", 128, "MODEL.RPN.POST_NMS_TOPK_TEST", 32]
     )  # fmt: skip
-    assert _form_of(cfg) == form
+    assert detector_form(cfg) == form == _form_of(cfg)
     model = build_model(cfg).train()
     if cfg.MODEL.BACKBONE.NAME.startswith("build_resnet_family"):
         # The form's base config changes only res5's dilation (DC5); the network is the preset's.
@@ -555,23 +662,33 @@ def test_every_preset_takes_a_training_step_in_every_form_it_claims(name, form):
         if form == "DC5":
             assert got.stage("res5").dilation == 2 and got.stage("res5").stride == 1
             got = dataclasses.replace(got, stages=want.stages)
-        assert got == want
+        assert got == dataclasses.replace(want, options=got.options)
+        assert got.options == dataclasses.replace(want.options, norm=got.options.norm)
+        if form == "C4":  # res5 of the preset's own blocks, in the head
+            assert cfg.MODEL.ROI_HEADS.NAME == "Res5FamilyROIHeads"
+            head_block = type(model.roi_heads.res5[0])
+            assert head_block is type(model.backbone.res4[0])
     else:
         assert cfg.MODEL.BACKBONE.NAME == "build_rexnet_fpn_backbone"
-    images = [(128, 160), (160, 128)]
-    batch = []
-    for h, w in images:
-        instances = Instances((h, w))
-        instances.gt_boxes = Boxes(
-            torch.tensor([[8.0, 10.0, 90.0, 100.0], [50.0, 30.0, 120.0, 110.0]])
-        )
-        instances.gt_classes = torch.tensor([0, 5])
-        batch.append({"image": torch.rand(3, h, w) * 255, "instances": instances})
     with EventStorage(0):
-        losses = model(batch)
+        losses = model(_images([(64, 96), (96, 64)]))
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
     total = sum(losses.values())
     assert math.isfinite(total.item()), losses
     total.backward()
     grads = [p.grad for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+    entry = default_weights(name)
+    if entry is None:  # SE-R-101: no published weights; trains from scratch
+        assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
+    else:
+        assert cfg.MODEL.WEIGHTS == f"resnet_backbones://{entry.name}"
+        zoo(entry)
+        prepared = prepare_checkpoint(cfg.MODEL.WEIGHTS, model, cfg)  # metadata checked too
+        assert prepared.report.fits
+        model.load_state_dict(prepared.checkpoint["model"], strict=False)
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([{"image": torch.rand(3, 64, 64) * 255}])
+    assert out["instances"].image_size == (64, 64)

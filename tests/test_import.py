@@ -81,7 +81,7 @@ def test_any_module_of_the_package_may_be_imported_first():
             f"import {first}\n"
             "from resnet_backbones.presets import preset_config\n"
             "from detectron2.modeling import build_backbone\n"
-            "cfg = preset_config('R-18')\n"
+            "cfg = preset_config('R-18', 'C4')\n"
             "cfg.MODEL.DEVICE = 'cpu'\n"
             "print(type(build_backbone(cfg)).__name__)\n"
         )

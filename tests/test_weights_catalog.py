@@ -116,3 +116,16 @@ def test_hub_repositories_are_timms_own():
         assert entry.hf_hub_id == (pretrained.hf_hub_id if pretrained else None), name
         assert entry.hf_hub_revision is None, name
     assert catalog_entry_for("hf-hub:timm/resnetv2_50.a1h_in1k@main").input == catalog.HALF_RGB
+
+
+def test_each_file_is_credited_to_its_publisher_not_its_format():
+    """detectron2's Caffe2 files share a format (msra) but not a publisher: FAIR trained the
+    ResNeXt, MSRA the ResNets; MODEL_ZOO.md's "published by" column is generated from this."""
+    by = {name: e.published_by for name, e in catalog.CATALOG.items()}
+    assert by["X-101-32x8d.fair_in1k"] == "FAIR"
+    assert by["R-50.msra_in1k"] == by["R-101.msra_in1k"] == "MSRA"
+    for name, entry in catalog.CATALOG.items():
+        if entry.source != "msra":
+            assert by[name] == entry.source, name
+    text = (Path(REPO) / "MODEL_ZOO.md").read_text(encoding="utf-8")
+    assert "| `resnet_backbones://X-101-32x8d.fair_in1k` | - | FAIR (msra) |" in text

@@ -157,13 +157,19 @@ def test_missing_or_misshapen_backbone_parameters_are_an_error_and_load_nothing(
 
 
 @pytest.mark.parametrize(
-    "source, opts",
+    "source, opts, networks",
     [
-        ("resnet101", ["MODEL.RESNETS.DEPTH", "50"]),  # a deeper network: res4.6 .. res4.22
-        ("seresnet50", ["MODEL.RESNETS.DEPTH", "50"]),  # SE layers the plain model lacks
+        # A deeper network: res4.6 .. res4.22.
+        ("resnet101", ["MODEL.RESNETS.DEPTH", "50"],
+         "the file holds R-101 (torchvision's resnet101), the config builds R-50"),
+        # SE layers the plain model lacks: another family.
+        ("seresnet50", ["MODEL.RESNETS.DEPTH", "50"],
+         "the file holds SE-R-50 (timm's seresnet50), the config builds R-50"),
     ],
-)
-def test_weights_of_a_bigger_network_are_an_error_not_silently_dropped(tmp_path, source, opts):
+)  # fmt: skip
+def test_weights_of_a_bigger_network_are_an_error_not_silently_dropped(
+    tmp_path, source, opts, networks
+):
     if source.startswith("se"):
         timm = pytest.importorskip("timm")
         state = timm.create_model(source, pretrained=False).state_dict()
@@ -181,4 +187,24 @@ def test_weights_of_a_bigger_network_are_an_error_not_silently_dropped(tmp_path,
     # Grouped by the module the model lacks: a block of the deeper network, the SE layers.
     expected = "res4.6.* (15)" if source == "resnet101" else "backbone.bottom_up.res2.0.se.* (4)"
     assert expected in str(info.value) and "nothing was loaded" in str(info.value)
+    # The message says what the file is and what the config builds.
+    assert f"does not fit the model's backbone: {networks}; nothing was loaded" in str(info.value)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_shallower_file_says_which_network_it_is(tmp_path):
+    """torchvision's ResNet-18 into an R-34 config: not a list of missing names alone."""
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    cfg = default_cfg(
+        "Base-RCNN-FPN.yaml", r18_opts() + TORCHVISION_INPUT + ["MODEL.RESNETS.DEPTH", "34"]
+    )
+    with pytest.raises(BackboneMismatchError) as info:
+        FamilyCheckpointer(build_model(cfg), cfg=cfg).load(str(path))
+    message = str(info.value)
+    assert message.startswith(
+        f"{path} (torchvision format) does not fit the model's backbone: the file holds R-18 "
+        "(torchvision's resnet18), the config builds R-34; nothing was loaded. Backbone "
+        "parameters: "
+    )
+    assert " missing: backbone.bottom_up.res2.2." in message  # R-34 has a third res2 block

@@ -18,6 +18,7 @@ from resnet_backbones.weights import catalog
 from resnet_backbones.weights.download import CACHE_ENV
 from resnet_backbones.weights.entry import WeightsEntry
 from resnet_backbones.weights.errors import (
+    BackboneMismatchError,
     ChecksumError,
     DownloadError,
     MetadataMismatchError,
@@ -239,3 +240,44 @@ def test_hf_hub_paths_without_huggingface_hub_name_the_extra(monkeypatch):
     ) as info:
         resolve("hf-hub:timm/resnet18.tv_in1k")
     assert isinstance(info.value, ImportError)
+
+
+def test_a_zoo_name_is_checked_against_the_config_before_any_download(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    with WeightsServer() as server:
+        monkeypatch.setenv(ZOO_BASE_URL_ENV, server.url("/mirror/"))
+        cfg = default_cfg("Base-RCNN-FPN.yaml", r18_opts() + TORCHVISION_INPUT)
+        cfg.MODEL.RESNETS.DEPTH = 34
+        with pytest.raises(BackboneMismatchError) as info:
+            load_weights(cfg, "resnet_backbones://resnet18.tv_in1k")
+        assert str(info.value).startswith(
+            "resnet_backbones://resnet18.tv_in1k holds R-18 (torchvision's resnet18), but the "
+            "config builds R-34; nothing was downloaded. Choose weights of the config's network "
+            "(MODEL_ZOO.md lists them by network), or build the weights' network: "
+            "preset_config('R-18')"
+        )
+        cfg.MODEL.RESNETS.DEPTH = 18
+        cfg.INPUT.FORMAT = "BGR"
+        with pytest.raises(MetadataMismatchError, match=r"INPUT\.FORMAT is 'BGR' in the config"):
+            load_weights(cfg, "resnet_backbones://resnet18.tv_in1k")
+        assert not server.requests
+
+
+def test_a_failed_zoo_download_names_the_two_ways_out(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    cfg = default_cfg("Base-RCNN-FPN.yaml", r18_opts() + TORCHVISION_INPUT)
+    with WeightsServer() as server:  # a mirror without the file: HTTP 404
+        monkeypatch.setenv(ZOO_BASE_URL_ENV, server.url("/mirror/"))
+        with pytest.raises(DownloadError) as info:
+            load_weights(cfg, "resnet_backbones://resnet18.tv_in1k")
+    assert server.requests["/mirror/resnet18-f37072fd.pth"] == 1
+    message = str(info.value)
+    assert message.startswith(
+        f"resnet_backbones://resnet18.tv_in1k: download of {server.url('/mirror/')}"
+        "resnet18-f37072fd.pth failed: HTTP 404"
+    )
+    assert message.endswith(
+        ". Two ways out: download https://download.pytorch.org/models/resnet18-f37072fd.pth "
+        "yourself and set MODEL.WEIGHTS to the local file, or set RESNET_BACKBONES_ZOO_BASE_URL "
+        f"to a mirror that serves resnet18-f37072fd.pth (now '{server.url('/mirror/')}')"
+    )

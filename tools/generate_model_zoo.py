@@ -105,6 +105,11 @@ def _pixels(config: dict) -> str:
     return f"{config['INPUT.FORMAT']}, mean {mean}, std {std}"
 
 
+def _published_by(publisher: str, fmt: str) -> str:
+    """``torchvision``, or ``FAIR (msra)`` where the publisher is not the format's library."""
+    return publisher if publisher == fmt else f"{publisher} ({fmt})"
+
+
 def render_weights(complexity: dict) -> str:
     from resnet_backbones.presets import ARCHS
     from resnet_backbones.weights.catalog import CATALOG, fitting_config
@@ -132,8 +137,8 @@ def render_weights(complexity: dict) -> str:
         if e.hf_hub_id and e.hf_hub_revision:
             hub = f"`hf-hub:{e.hf_hub_id}@{e.hf_hub_revision}`"
         lines.append(
-            f"| `resnet_backbones://{name}` | {hub} | {e.source} | `{e.arch}` | "
-            f"{_m(counts['params'])} | "
+            f"| `resnet_backbones://{name}` | {hub} | {_published_by(e.published_by, e.source)} | "
+            f"`{e.arch}` | {_m(counts['params'])} | "
             f"{_g(counts['macs'])} | {top1} | {e.test_protocol} | {digest} | {licence} |"
         )
     lines += [
@@ -165,7 +170,8 @@ def render_weights(complexity: dict) -> str:
     ]
     for name, arch in ARCHS.items():
         config = fitting_config(name)
-        lines.append(f"| `{name}` | {arch.source} | {_pixels(config)} | {_keys(config)} |")
+        publisher = _published_by(arch.published_by, arch.source)
+        lines.append(f"| `{name}` | {publisher} | {_pixels(config)} | {_keys(config)} |")
     lines.append("")
     return "\n".join(lines)
 

@@ -23,5 +23,23 @@ class Res5FamilyROIHeads(Res5ROIHeads):
     """
 
     @classmethod
+    def from_config(cls, cfg, input_shape):
+        # Refused at build time: a res5 that does not take the backbone's feature would fail in
+        # the first forward with a bare conv shape error (ReXNet's 128-channel res4 into a
+        # ResNet res5 that expects 1024).
+        spec = config.resnet_spec_from_config(cfg)
+        (feature,) = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        if "res5" in spec.feature_names and feature in input_shape:
+            expected, given = spec.stage("res5").in_channels, input_shape[feature].channels
+            if expected != given:
+                raise ValueError(
+                    f"Res5FamilyROIHeads builds res5 from MODEL.RESNETS, which takes "
+                    f"{expected} channels, but the backbone ({cfg.MODEL.BACKBONE.NAME}) gives "
+                    f"{given} at {feature}: the C4 head needs a ResNet-family backbone described "
+                    "by MODEL.RESNETS; use an FPN config for other backbones (ReXNet)"
+                )
+        return super().from_config(cfg, input_shape)
+
+    @classmethod
     def _build_res5_block(cls, cfg) -> tuple[nn.Sequential, int]:
         return build_res5_head(config.resnet_spec_from_config(cfg))

@@ -386,6 +386,16 @@ def _check_combinations(
                 f"for {depth_name} {depth}: deformable convolution replaces a bottleneck's 3x3 "
                 "conv (as in detectron2), and this depth uses basic blocks"
             )
+    elif not cifar and res2_out_channels != 256:
+        # detectron2 builds it, but every named bottleneck network (ResNet, ResNeXt, Wide ResNet,
+        # Res2Net, SE, ResNet-D, v2) has 256 res2 channels: DEPTH 50 over an R-18 config's 64
+        # would silently build a 13.9M-parameter network that is no ResNet-50.
+        raise ValueError(
+            f"{n['res2_out_channels']} = {res2_out_channels} is not valid for {depth_name} "
+            f"{depth}, which uses bottleneck blocks: every named bottleneck network has 256 "
+            f"(ResNet-50's res2 is 256 channels, 4 x 64); set it to 256, or {depth_name} 18 or "
+            f"34 for 64"
+        )
     if avg_down and shortcut in ("A", "none"):
         raise ValueError(
             f"{n['avg_down']} = True does nothing with {n.short('shortcut')} {shortcut!r}: it "

@@ -19,6 +19,8 @@ Hub's files are other files than the URLs' here, so the SHA-256 prefixes do not 
 
 from __future__ import annotations
 
+from typing import Optional
+
 from .download import hash_prefix_from_url
 from .entry import PixelInput, WeightsEntry
 
@@ -28,7 +30,9 @@ __all__ = [
     "HALF_RGB",
     "IMAGENET_RGB",
     "MSRA_BGR",
+    "DEFAULT_WEIGHTS",
     "arch_input",
+    "default_weights",
     "fitting_config",
 ]
 
@@ -217,6 +221,51 @@ _ENTRIES = _TORCHVISION + _DETECTRON2 + _TIMM
 CATALOG: dict[str, WeightsEntry] = {entry.name: entry for entry in _ENTRIES}
 if len(CATALOG) != len(_ENTRIES):
     raise RuntimeError("two catalog entries have the same name")
+
+
+# Detection preset -> the catalog entry its detectors start from (preset_config's MODEL.WEIGHTS),
+# None where no ImageNet weights are published. As detectron2: MSRA's R-50/R-101 and FAIR's
+# X-101-32x8d Caffe2 files (R-101-DCN-c3-c5 too, its offsets starting at zero); otherwise
+# torchvision's first weights (IMAGENET1K_V1) or the one timm file. Each COCO config of a preset
+# uses the same file (tested).
+DEFAULT_WEIGHTS: dict[str, Optional[str]] = {
+    "R-18": "resnet18.tv_in1k",
+    "R-34": "resnet34.tv_in1k",
+    "R-50": "R-50.msra_in1k",
+    "R-101": "R-101.msra_in1k",
+    "R-152": "resnet152.tv_in1k",
+    "R-50-v2": "resnetv2_50.a1h_in1k",
+    "R-101-v2": "resnetv2_101.a1h_in1k",
+    "X-50-32x4d": "resnext50_32x4d.tv_in1k",
+    "X-101-32x8d": "X-101-32x8d.fair_in1k",
+    "X-101-64x4d": "resnext101_64x4d.tv_in1k",
+    "WRN-50-2": "wide_resnet50_2.tv_in1k",
+    "WRN-101-2": "wide_resnet101_2.tv_in1k",
+    "Res2Net-50-26w-4s": "res2net50_26w_4s.in1k",
+    "Res2Net-101-26w-4s": "res2net101_26w_4s.in1k",
+    "SE-R-50": "seresnet50.ra2_in1k",
+    "SE-R-101": None,
+    "SE-X-50-32x4d": "seresnext50_32x4d.racm_in1k",
+    "SE-X-101-32x4d": "seresnext101_32x4d.gluon_in1k",
+    "R-50-D": "resnet50d.ra2_in1k",
+    "R-101-D": "resnet101d.ra2_in1k",
+    "R-101-DCN-c3-c5": "R-101.msra_in1k",
+    "ReXNet-100": "rexnet_100.nav_in1k",
+}
+
+
+def default_weights(preset: str) -> Optional[WeightsEntry]:
+    """The catalog entry detectors of detection preset ``preset`` start from
+    (:data:`DEFAULT_WEIGHTS`), or None where it has no published ImageNet weights.
+
+    Raises:
+        ValueError: ``preset`` is not a detection preset (listing those).
+    """
+    from ..utils import check_choice
+
+    check_choice("detection preset", preset, DEFAULT_WEIGHTS)
+    name = DEFAULT_WEIGHTS[preset]
+    return CATALOG[name] if name is not None else None
 
 
 def arch_input(arch: str) -> PixelInput:

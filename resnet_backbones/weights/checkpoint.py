@@ -31,8 +31,17 @@ from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
 from . import mappings
-from .detect import WeightsFile, read_weights
-from .mappings import BACKBONE_FORMATS, BACKBONE_NAME, choose_family
+from .detect import (
+    WeightsFile,
+    arch_shapes,
+    describe_arch,
+    identify_arch,
+    identify_preset,
+    read_weights,
+)
+from .entry import WeightsEntry
+from .errors import BackboneMismatchError
+from .mappings import BACKBONE_FORMATS, BACKBONE_NAME, backbone_name, backbone_prefix, choose_family
 from .metadata import check_metadata, expected_metadata, has_bottlenecks
 from .place import BackboneReport, backbone_of_model, check_backbone, place
 from .resolve import catalog_entry_for, resolve, weights_path_manager
@@ -67,10 +76,87 @@ def _frozen_norm_statistics(model: nn.Module) -> set[str]:
     return {f"{n}.{b}" for n in frozen for b in ("running_mean", "running_var")}
 
 
+def _ours(state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The backbone of a model or detectron2 state in our names, name -> shape (C4's
+    ``roi_heads.res5`` as res5); empty without a ResNet-family backbone."""
+    prefix = backbone_prefix(state)
+    if prefix is None:
+        return {}
+    shapes = {}
+    for name, value in state.items():
+        ours = backbone_name(name, prefix)
+        if ours is not None:
+            shapes[ours] = tuple(getattr(value, "shape", ()))
+    return shapes
+
+
+def _model_network(model_state: dict[str, Any]) -> str:
+    """``R-101``: the preset a model's backbone is, in words, for messages."""
+    preset = identify_preset(_ours(model_state))
+    return preset if preset else "a backbone that is no preset's network (see MODEL.RESNETS)"
+
+
+def _file_arch(
+    weights: WeightsFile, family: Optional[str], backbone: Optional[dict[str, Any]]
+) -> Optional[str]:
+    """The arch (a key of ARCHS) a file holds: recorded by our files, else identified by the
+    shapes of its backbone (torchvision, timm and MSRA files); None if no arch has them."""
+    from ..presets import ARCHS
+
+    recorded = weights.metadata.get("arch")
+    if recorded in ARCHS:
+        return recorded
+    if weights.format not in ("torchvision", "timm", "msra") or backbone is None:
+        return None
+    shapes = {name: tuple(tensor.shape) for name, tensor in backbone.items()}
+    return identify_arch(shapes, weights.format)
+
+
+def _file_network(weights: WeightsFile, arch: Optional[str], backbone: dict[str, Any]) -> str:
+    """What a file holds, in words, for messages."""
+    if arch is not None:
+        return describe_arch(arch)
+    preset = identify_preset({n: tuple(getattr(t, "shape", ())) for n, t in backbone.items()})
+    return preset if preset else "a network of no preset"
+
+
+def _check_entry_before_download(
+    path: str, entry: WeightsEntry, model: nn.Module, model_state: dict[str, Any], cfg: Any
+) -> None:
+    """A zoo name's network and input against the model and the config, from the catalog alone:
+    a file that cannot fit is not downloaded."""
+    if cfg is not None:
+        check_metadata(entry.metadata, cfg, source=path, bottleneck=has_bottlenecks(model_state))
+    if backbone_prefix(model_state) is None:
+        return
+    model_shapes = {name: tuple(tensor.shape) for name, tensor in model_state.items()}
+    statistics = {n for n in model_shapes if n.endswith(("running_mean", "running_var"))}
+    report = check_backbone(
+        place(arch_shapes(entry.arch), model_shapes),
+        model_shapes,
+        modules={name for name, _ in model.named_modules()},
+        optional=statistics,
+    )
+    if not report.fits:
+        from ..presets import ARCHS
+
+        preset = ARCHS[entry.arch].preset
+        raise BackboneMismatchError(
+            f"{path} holds {describe_arch(entry.arch)}, but the config builds "
+            f"{_model_network(model_state)}; nothing was downloaded. Choose weights of the "
+            "config's network (MODEL_ZOO.md lists them by network), or build the weights' "
+            f"network: preset_config({preset!r}) (resnet_backbones.presets). Backbone "
+            f"parameters: {'; '.join(report.problems())}"
+        )
+
+
 def prepare_checkpoint(
     path: str, model: nn.Module, cfg: Optional[Any] = None
 ) -> PreparedCheckpoint:
     """Runs the weights pipeline for ``model``: ``path`` -> a checkpoint in the model's names.
+
+    A catalog name or URL is checked against the model and ``cfg`` from its catalog entry
+    before anything is downloaded.
 
     Args:
         path: a local file, an https:// or detectron2:// URL, or ``resnet_backbones://NAME``.
@@ -81,26 +167,34 @@ def prepare_checkpoint(
     Raises:
         WeightsNotFoundError, UnknownWeightsError, DownloadError ...: step 1;
         UnsafeWeightsError, WeightsFormatError: steps 2, 3 and 5;
-        MetadataMismatchError: the config contradicts the weights (step 4);
-        BackboneMismatchError: the weights do not fit the model's backbone (step 6).
+        MetadataMismatchError: the config contradicts the weights (step 4, or before step 1
+            for a catalog file);
+        BackboneMismatchError: the weights do not fit the model's backbone (step 6, or before
+            step 1 for a catalog file); the message names the network of each.
     """
+    model_state = model.state_dict()
+    entry = catalog_entry_for(path)
+    if entry is not None:
+        _check_entry_before_download(path, entry, model, model_state, cfg)
     local = resolve(path)  # 1
     weights = read_weights(local)  # 2, 3
-    model_state = model.state_dict()
     family = choose_family(  # 3: the family, once, against the model
         list(weights.state_dict), weights.families, backbone_of_model(model_state)
     )
+    backbone = None
+    if weights.format in BACKBONE_FORMATS and weights.wrapper != "blobs":
+        backbone = mappings.to_backbone(  # renamed once, here; named by its shapes (3)
+            weights.format, weights.state_dict, family=family, path=weights.path
+        )
+    arch = _file_arch(weights, family, backbone)
 
-    expected = expected_metadata(weights, family, catalog_entry_for(path))  # 4
+    expected = expected_metadata(weights, family, entry, arch)  # 4
     if expected and cfg is None:
         logger.info("%s: no config given to the checkpointer; its metadata is not checked", path)
     elif expected:
         check_metadata(expected, cfg, source=path, bottleneck=has_bottlenecks(model_state))
 
-    if weights.format in BACKBONE_FORMATS and weights.wrapper != "blobs":  # 5
-        backbone = mappings.to_backbone(
-            weights.format, weights.state_dict, family=family, path=weights.path
-        )
+    if backbone is not None:  # 5
         state = place(backbone, model_state)
         checkpoint: dict[str, Any] = {"model": state, "__author__": weights.format}
         if weights.metadata:
@@ -120,7 +214,10 @@ def prepare_checkpoint(
         modules={name for name, _ in model.named_modules()},
         optional=_frozen_norm_statistics(model),
     )
-    report.raise_if_it_does_not_fit(path, weights.format)
+    if not report.fits:
+        held = _file_network(weights, arch, backbone if backbone is not None else _ours(state))
+        networks = f"the file holds {held}, the config builds {_model_network(model_state)}"
+        report.raise_if_it_does_not_fit(path, weights.format, networks)
     if report.extra:
         logger.warning(
             "%s: %d tensors have no parameter in the model's (existing) modules and are not "

@@ -117,6 +117,14 @@ class WeightsEntry:
         return ARCHS[self.arch].source
 
     @property
+    def published_by(self) -> str:
+        """Who published the file: its arch's publisher ("MSRA", "FAIR"), else the library of
+        its format ("torchvision", "timm")."""
+        from ..presets import ARCHS
+
+        return ARCHS[self.arch].published_by
+
+    @property
     def preset(self) -> str:
         """The preset whose network these weights fill."""
         from ..presets import ARCHS

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METADATA_CONFIG_KEYS",
+    "arch_metadata",
     "check_metadata",
     "expected_metadata",
     "has_bottlenecks",
@@ -101,12 +102,24 @@ def check_metadata(
         )
 
 
+def arch_metadata(arch: str) -> dict[str, Any]:
+    """What every file of ``arch`` (a key of ARCHS) implies: the input its published weights
+    were trained with (all its catalog entries agree) and its stride placement."""
+    from .catalog import fitting_config
+
+    return metadata_from_config(fitting_config(arch))
+
+
 def expected_metadata(
-    weights: WeightsFile, family: Optional[str], entry: Optional[WeightsEntry] = None
+    weights: WeightsFile,
+    family: Optional[str],
+    entry: Optional[WeightsEntry] = None,
+    arch: Optional[str] = None,
 ) -> dict[str, Any]:
     """What a config must agree with to load ``weights``: what the catalog ``entry`` they were
-    named by says, overridden by what their mapping ``family`` implies, overridden by what the
-    file itself records."""
+    named by says, overridden by what the network ``arch`` the file holds implies
+    (:func:`arch_metadata`: a raw torchvision, timm or MSRA file's pixel statistics), by what
+    their mapping ``family`` implies, and by what the file itself records."""
     implied = dict(FAMILIES[family].metadata) if family else {}
-    expected = {**implied, **weights.metadata}
+    expected = {**(arch_metadata(arch) if arch else {}), **implied, **weights.metadata}
     return {**entry.metadata, **expected} if entry is not None else expected

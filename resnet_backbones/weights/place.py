@@ -139,14 +139,19 @@ class BackboneReport:
             )
         return problems
 
-    def raise_if_it_does_not_fit(self, source: str, fmt: Optional[str]) -> None:
-        """Raises BackboneMismatchError, naming ``source`` and every problem, unless it fits."""
+    def raise_if_it_does_not_fit(
+        self, source: str, fmt: Optional[str], networks: Optional[str] = None
+    ) -> None:
+        """Raises BackboneMismatchError, naming ``source``, the ``networks`` of file and model
+        (``"the file holds R-50 (torchvision's resnet50), the config builds R-101"``) where
+        known, and every problem, unless it fits."""
         if self.fits:
             return
+        held = f": {networks}" if networks else ""
         raise BackboneMismatchError(
-            f"{source} ({fmt} format) does not fit the model's backbone; nothing was loaded. "
-            f"Backbone parameters: {'; '.join(self.problems())}. Check the depth, widths, stem "
-            "and block options of MODEL.RESNETS against the weights' architecture."
+            f"{source} ({fmt} format) does not fit the model's backbone{held}; nothing was "
+            f"loaded. Backbone parameters: {'; '.join(self.problems())}. Check the depth, "
+            "widths, stem and block options of MODEL.RESNETS against the weights' architecture."
         )
 
 

@@ -28,7 +28,13 @@ from iopath.common.file_io import PathHandler, PathManager
 
 from .download import default_cache_dir, download, hash_prefix_from_url
 from .entry import WeightsEntry
-from .errors import DownloadError, UnknownWeightsError, WeightsNotFoundError, missing_dependency
+from .errors import (
+    ChecksumError,
+    DownloadError,
+    UnknownWeightsError,
+    WeightsNotFoundError,
+    missing_dependency,
+)
 
 __all__ = [
     "DETECTRON2_BASE_URL",
@@ -140,7 +146,19 @@ class _ZooHandler(_DownloadingHandler):
 
     def _get_local_path(self, path: str, force: bool = False, **kwargs: Any) -> str:
         entry = catalog_entry(path[len(ZOO_PREFIX) :])
-        return download(zoo_url(entry), sha256=entry.sha256, sha256_prefix=entry.sha256_prefix)
+        url = zoo_url(entry)
+        try:
+            return download(url, sha256=entry.sha256, sha256_prefix=entry.sha256_prefix)
+        except DownloadError as e:
+            if isinstance(e, ChecksumError):
+                raise
+            name = os.path.basename(urllib.parse.urlparse(entry.url).path)
+            mirror = os.environ.get(ZOO_BASE_URL_ENV)
+            raise type(e)(
+                f"{path}: {e}. Two ways out: download {entry.url} yourself and set MODEL.WEIGHTS "
+                f"to the local file, or set {ZOO_BASE_URL_ENV} to a mirror that serves {name} "
+                + (f"(now {mirror!r})" if mirror else "(now unset)")
+            ) from e
 
 
 class _DownloadHandler(_DownloadingHandler):
