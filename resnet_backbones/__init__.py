@@ -69,12 +69,16 @@ _LAZY = {
     "build_resnet_family_retinanet_fpn_backbone": ".modeling",
     "build_rexnet_backbone": ".modeling",
     "build_rexnet_fpn_backbone": ".modeling",
+    "create_backbone": ".api",
+    "create_detector": ".api",
+    "list_presets": ".api",
+    "list_weights": ".api",
 }
 
 # Subpackages and modules, also reachable as attributes (``resnet_backbones.data``).
 _SUBMODULES = (
-    "complexity", "config", "data", "engine", "model_zoo", "modeling", "presets", "solver",
-    "train_net", "utils", "visualize", "weights",
+    "api", "cli", "complexity", "config", "data", "engine", "model_zoo", "modeling", "presets",
+    "solver", "train_net", "utils", "visualize", "weights",
 )  # fmt: skip
 
 __all__ = [*_LAZY, *_SUBMODULES, "install_c_stand_in", "uses_c_stand_in"]

@@ -147,8 +147,8 @@ def arch_complexity(name: str) -> dict[str, Any]:
     return _classifier_counts(cfg, CLASSIFICATION_SIZE["detection"], 1000)
 
 
-def preset_complexity(name: str) -> dict[str, Any]:
-    """Parameters and MACs of preset ``name``.
+def preset_complexity(name: str, *, detection: bool = True) -> dict[str, Any]:
+    """Parameters and MACs of preset ``name`` (its detection backbone's only if ``detection``).
 
     Returns:
         ``{"classifier": {"input": [h, w], "num_classes": n, "params": p, "macs": m}}`` and, for
@@ -159,7 +159,7 @@ def preset_complexity(name: str) -> dict[str, Any]:
     cfg = _counted_config(preset_config(name))
     size = CLASSIFICATION_SIZE[preset.task]
     out: dict[str, Any] = {"classifier": _classifier_counts(cfg, size, preset.num_classes)}
-    if preset.task == "detection":
+    if detection and preset.task == "detection":
         backbone = build_clean_backbone(cfg, features="all")
         out["detection_backbone"] = {
             "input": list(DETECTION_SIZE),

@@ -12,15 +12,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from resnet_backbones.config import BASE_CONFIGS  # noqa: F401  (re-exported to the tests)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml")
 STAGES = ["res2", "res3", "res4", "res5"]
-# The base config of each Faster R-CNN form.
-BASE_CONFIGS = {
-    "C4": "Base-RCNN-C4.yaml",
-    "DC5": "Base-RCNN-DilatedC5.yaml",
-    "FPN": "Base-RCNN-FPN.yaml",
-}
 
 
 def preset_forms() -> list[tuple[str, str]]:

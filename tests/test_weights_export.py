@@ -57,7 +57,7 @@ def test_convert_weights_tool_round_trip(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     fragment = tmp_path / "elsewhere" / "R18-tv.yaml"
     assert out.is_file() and fragment.is_file()
-    assert f"python tools/train_net.py --config {fragment}" in proc.stdout
+    assert f"resnet-backbones-train --config {fragment}" in proc.stdout
 
     cfg = load_config(str(fragment), ["MODEL.DEVICE", "cpu"])  # what tools/train_net.py does
     assert (cfg.INPUT.FORMAT, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.STRIDE_IN_1X1) == (
