@@ -99,18 +99,18 @@ def _zoo_path(preset: str, weights: Weights) -> Optional[str]:
 
 def weights_config(cfg: CfgNode, preset: str, weights: Weights) -> CfgNode:
     """Sets ``MODEL.WEIGHTS`` of ``cfg`` (in place) to ``weights`` (see :func:`create_backbone`;
-    None empties it)
+    None: random initialisation, with BN and nothing frozen,
+    :func:`~resnet_backbones.presets.from_scratch`)
     and, for model-zoo weights, the keys that feed the network as they were trained (input
     format, pixel statistics, stride placement, FrozenBN). Zoo weights of another network are
     refused here, before anything is downloaded."""
-    from .presets import ARCHS
+    from .presets import ARCHS, from_scratch
     from .weights.catalog import fitting_config
     from .weights.resolve import catalog_entry_for
 
     path = _zoo_path(preset, weights)
-    if path is None:
-        cfg.MODEL.WEIGHTS = ""  # preset_config names the preset's default weights
-        return cfg
+    if path is None:  # preset_config names the preset's default weights and freezes for them
+        return from_scratch(cfg)
     entry = catalog_entry_for(path)
     if entry is not None:
         fits = ARCHS[entry.arch].preset
@@ -164,7 +164,8 @@ def create_backbone(
 
     Args:
         name: a preset (:func:`list_presets`): "R-101", "X-101-32x8d", "ReXNet-100" ...
-        weights: None: random initialisation. True: the preset's default model-zoo weights.
+        weights: None: random initialisation (BN, nothing frozen). True: the preset's default
+            model-zoo weights.
             A zoo name (:func:`list_weights`), a local file, an https:// URL, or any other
             ``MODEL.WEIGHTS`` path. Zoo weights also set the input format, pixel statistics
             and stride placement they were trained with (see ``backbone.cfg``).
@@ -174,7 +175,7 @@ def create_backbone(
         freeze_at: stages frozen for fine-tuning, as ``MODEL.BACKBONE.FREEZE_AT`` (0: none,
             1: the stem, 2: the stem and res2 ...).
         norm: the normalisation layers, as ``MODEL.RESNETS.NORM`` ("BN", "FrozenBN", "GN",
-            "SyncBN" ...); default: the preset's, or FrozenBN with zoo weights.
+            "SyncBN" ...); default: BN without weights, FrozenBN (for fine-tuning) with them.
 
     Returns:
         the backbone in training mode, with ``backbone.cfg``: the (frozen) config it was built

@@ -198,17 +198,26 @@ def _zoo_name(name: str) -> str:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    from .weights.catalog import CATALOG
     from .weights.resolve import ZOO_PREFIX, resolve
 
     cache = _use_cache(args.cache)
     names = [_zoo_name(n) for n in args.names]  # every name checked before any download
+    unhashed = []
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name}", flush=True)
         path = resolve(ZOO_PREFIX + name)
         print(f"    {path}", flush=True)
+        entry = CATALOG[name]
+        if not (entry.sha256 or entry.sha256_prefix):
+            unhashed.append(name)
+    hashed = len(set(names)) - len(set(unhashed))
     print(
-        f"Done: {len(names)} file(s) verified in {cache}. On a machine without internet, copy "
-        f"that folder and set RESNET_BACKBONES_WEIGHTS_CACHE to it."
+        f"Done: {len(set(names))} file(s) in {cache}, {hashed} verified against their published "
+        f"SHA-256"
+        + (f"; no hash is published for {', '.join(sorted(set(unhashed)))}" if unhashed else "")
+        + ". On a machine without internet, copy that folder and set "
+        "RESNET_BACKBONES_WEIGHTS_CACHE to it."
     )
     return 0
 
@@ -298,7 +307,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "output",
         metavar="OUT",
-        help="converted file (.pth, or .safetensors); OUT.yaml is written beside it",
+        help="converted file (.pth, or .safetensors); its config is written beside it, with the "
+        "extension .yaml",
     )
 
 

@@ -34,24 +34,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _config_file(path: str) -> str:
-    """``path`` if it is a file, else the shipped config of that name (a leading ``configs/``
-    ignored, so the README's paths work outside a checkout too)."""
-    from . import model_zoo
-
-    if os.path.isfile(path):
-        return path
-    name = path.replace(os.sep, "/")
-    name = name[len("configs/") :] if name.startswith("configs/") else name
-    if name in model_zoo.config_names():
-        return model_zoo.get_config_file(name)
-    raise FileNotFoundError(
-        f"config file not found: {path!r}, neither on disk nor one of resnet_backbones' configs "
-        f"by name (`resnet-backbones presets` lists the presets; the configs are in "
-        f"{model_zoo.configs_dir()})"
-    )
-
-
 def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> CfgNode:
     """detectron2's default config, extended with our keys, merged with one or more files in
     order (a later file wins), then with ``KEY VALUE`` overrides.
@@ -71,7 +53,9 @@ def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> 
         config_files = [config_files]
     if not config_files:
         raise ValueError("load_config needs at least one config file; none was given")
-    config_files = [_config_file(str(f)) for f in config_files]
+    from .model_zoo import resolve_config_file
+
+    config_files = [resolve_config_file(str(f)) for f in config_files]
     cfg = get_cfg()
     add_resnet_backbones_config(cfg)
     for config_file in config_files:

@@ -34,6 +34,7 @@ __all__ = [
     "get_checkpoint_url",
     "get_config",
     "get_config_file",
+    "resolve_config_file",
 ]
 
 # A config of every tree; its presence tells the configs folder from any other "configs".
@@ -103,6 +104,26 @@ def get_config_file(config_path: str) -> str:
             f"{configs_dir()}){hint} Valid names: {', '.join(names)}"
         )
     return os.path.join(configs_dir(), *name.split("/"))
+
+
+def resolve_config_file(path: str) -> str:
+    """``path`` if it is a file, else the shipped config of that name (:func:`get_config_file`;
+    a leading ``configs/`` ignored, so a checkout's paths work outside it too). What the train
+    tool's ``--config`` takes.
+
+    Raises:
+        FileNotFoundError: naming ``path``, neither on disk nor one of our configs.
+    """
+    if os.path.isfile(path):
+        return path
+    name = path.replace(os.sep, "/")
+    name = name[len("configs/") :] if name.startswith("configs/") else name
+    if name in config_names():
+        return get_config_file(name)
+    raise FileNotFoundError(
+        f"config file not found: {path!r}, neither on disk nor one of resnet_backbones' configs "
+        f"by name (they are in {configs_dir()}: {', '.join(config_names())})"
+    )
 
 
 def base_config_file(form: str) -> str:

@@ -34,12 +34,13 @@ __all__ = [
     "apply_preset",
     "arch_config",
     "detector_form",
+    "from_scratch",
     "get_arch",
     "preset_config",
 ]
 
 # detectron2's three Faster R-CNN forms (configs/Base-RCNN-{C4,DilatedC5,FPN}.yaml).
-DETECTOR_FORMS: tuple[str, ...] = ("C4", "DC5", "FPN")
+DETECTOR_FORMS: tuple[str, ...] = tuple(BASE_CONFIGS)
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,20 @@ def _network_config(name: str) -> CfgNode:
     return _set_keys(add_resnet_backbones_config(get_cfg()), PRESETS[name], fpn=False)
 
 
+def from_scratch(cfg: CfgNode) -> CfgNode:
+    """Makes ``cfg`` (in place) train its backbone from random initialisation: no
+    ``MODEL.WEIGHTS``, BN (FrozenBN of random weights would normalise nothing) and no frozen
+    stage. Returns ``cfg``."""
+    from .config import PLAIN_BACKBONES
+
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    plain = PLAIN_BACKBONES.get(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.NAME)
+    rexnet = plain == "build_rexnet_backbone"
+    config_set(cfg, "MODEL.REXNET.NORM" if rexnet else "MODEL.RESNETS.NORM", "BN")
+    return cfg
+
+
 def preset_config(name: str, form: Optional[str] = None) -> CfgNode:
     """The detectron2 config of preset ``name``.
 
@@ -414,11 +429,7 @@ def preset_config(name: str, form: Optional[str] = None) -> CfgNode:
 
     entry = default_weights(name)
     if entry is None:
-        cfg.MODEL.WEIGHTS = ""
-        cfg.MODEL.BACKBONE.FREEZE_AT = 0
-        resnet = "MODEL.RESNETS.DEPTH" in preset.keys
-        config_set(cfg, "MODEL.RESNETS.NORM" if resnet else "MODEL.REXNET.NORM", "BN")
-        return cfg
+        return from_scratch(cfg)
     cfg.MODEL.WEIGHTS = ZOO_PREFIX + entry.name
     for key, value in entry.input.config.items():
         config_set(cfg, key, value)

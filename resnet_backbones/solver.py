@@ -16,7 +16,7 @@ A trainer that overrides ``build_optimizer`` itself is out of reach: it should c
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 from .utils import check_choice
 
@@ -29,10 +29,17 @@ __all__ = ["OPTIMIZERS", "build_optimizer", "install"]
 # The values of SOLVER.OPTIMIZER.
 OPTIMIZERS = ("SGD", "AdamW")
 
-# detectron2's own build_optimizer (SGD), kept by install() before it replaces the names. This
+# detectron2's own build_optimizer (SGD), kept by install() on detectron2.solver.build under this
+# name before it replaces the names: there it outlives an importlib.reload of this module. This
 # module imports no detectron2 at import time: install() runs while detectron2.solver is being
 # imported.
-_detectron2_sgd: Optional[Callable[[CfgNode, torch.nn.Module], torch.optim.Optimizer]] = None
+_ORIGINAL = "_detectron2_build_optimizer"
+
+
+def _detectron2_sgd(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+    from detectron2.solver import build
+
+    return getattr(build, _ORIGINAL)(cfg, model)
 
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -71,13 +78,14 @@ def install() -> None:
     """Makes detectron2's ``build_optimizer`` names :func:`build_optimizer` in every module of
     detectron2 that is imported and holds one (``import resnet_backbones`` calls this when
     ``detectron2.solver.build`` and ``detectron2.engine.defaults`` are imported)."""
-    global _detectron2_sgd
+    build = sys.modules.get("detectron2.solver.build")
+    if build is not None and not hasattr(build, _ORIGINAL):
+        setattr(build, _ORIGINAL, build.build_optimizer)
     for name in ("detectron2.solver.build", "detectron2.solver", "detectron2.engine.defaults"):
         module = sys.modules.get(name)
         original = getattr(module, "build_optimizer", None)
-        # Ours already (also a copy from before an importlib.reload of this module).
-        if original is None or getattr(original, "__module__", None) == __name__:
+        # Ours already. A copy from before an importlib.reload of this module is replaced by the
+        # new one (detectron2's own was kept as _ORIGINAL the first time).
+        if original is None or original is build_optimizer:
             continue
-        if name == "detectron2.solver.build":
-            _detectron2_sgd = original
         module.build_optimizer = build_optimizer

@@ -40,8 +40,10 @@ from detectron2.utils.logger import setup_logger
 from .data import DatasetFormatError, DatasetNotFoundError, register_config_datasets
 from .data.coco_format import COCO_FORMAT_KEY, resolve_config_paths
 from .engine import NumClassesError, Trainer, check_datasets, load_config, use_cpu_if_no_cuda
+from .model_zoo import resolve_config_file
 from .visualize import draw_detections, plot_learning_curve
 from .weights.checkpoint import FamilyCheckpointer
+from .weights.errors import WeightsError
 
 __all__ = ["NothingToEvaluateError", "main", "parse_args"]
 
@@ -53,13 +55,24 @@ class NothingToEvaluateError(FileNotFoundError):
 
 
 # What the command reports as one line instead of a traceback: the user's input is at fault.
-_INPUT_ERRORS = (DatasetFormatError, DatasetNotFoundError, NothingToEvaluateError, NumClassesError)
+# FileNotFoundError: a config, an image or a weights file that is not there; WeightsError: weights
+# that are unknown, unsafe, unreadable or do not fit (see resnet_backbones.weights.errors).
+_INPUT_ERRORS = (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    NothingToEvaluateError,
+    NumClassesError,
+    FileNotFoundError,
+    WeightsError,
+)
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """The config of this run (files, overrides, ``--dataset``), with its datasets registered
     and checked."""
     cfg = load_config(args.config_files, args.opts)
+    # detectron2's default_setup logs the contents of args.config_file: the file, not its name.
+    args.config_file = resolve_config_file(args.config_files[-1])
     if args.dataset:
         cfg.DATASETS.COCO_FORMAT = list(cfg.DATASETS.COCO_FORMAT) + resolve_config_paths(
             args.dataset, os.getcwd(), key="--dataset"

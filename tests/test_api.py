@@ -133,6 +133,22 @@ def test_create_backbone_errors(call, message, monkeypatch, tmp_path):
     assert not list(tmp_path.rglob("*"))
 
 
+def test_random_initialisation_trains_everything_with_bn():
+    """weights=None (the default) does not keep the fine-tuning settings of the preset's default
+    weights: random FrozenBN would normalise nothing, and frozen stages would stay random."""
+    model, cfg = rb.create_detector("R-50", num_classes=3, device="cpu")
+    assert (cfg.MODEL.WEIGHTS, cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT) == (
+        "",
+        "BN",
+        0,
+    )
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    backbone = rb.create_backbone("ReXNet-100")
+    assert backbone.cfg.MODEL.REXNET.NORM == "BN"
+    kinds = {type(m).__name__ for m in [*backbone.modules(), *model.backbone.modules()]}
+    assert "BatchNorm2d" in kinds and "FrozenBatchNorm2d" not in kinds
+
+
 def test_create_detector_runs_in_each_form():
     for form in ("C4", "FPN"):
         model, cfg = rb.create_detector("R-18", form=form, num_classes=2, device="cpu")

@@ -101,6 +101,7 @@ def test_download_then_verify_the_cache(capsys, tmp_path, served_resnet18):
     assert status == 0, out
     files = list(cache.rglob("*.pth"))
     assert len(files) == 1 and str(files[0]) in out
+    assert f"1 file(s) in {cache}, 1 verified against their published SHA-256." in out
     assert sum(server.requests.values()) == 1
     status, out, _ = run(capsys, "download", "resnet18.tv_in1k", "--cache", str(cache))
     assert status == 0 and sum(server.requests.values()) == 1  # cached, verified, not fetched

@@ -255,6 +255,42 @@ def test_invalid_json_fails_in_one_line_naming_the_file(tmp_path, capsys):
     )
 
 
+def test_malformed_coco_fails_in_one_line_and_config_names_work_anywhere(
+    tmp_path, capsys, monkeypatch
+):
+    """An image entry without its file_name (detectron2 raises a KeyError) is one line naming the
+    file; the command runs from a folder without configs/, the config given by its name; a
+    missing weights file is one line too."""
+    data = write_coco_folder(tmp_path / "d", num_images=1)
+    content = json.loads((data / "annotations.json").read_text())
+    del content["images"][0]["file_name"]
+    bad = data / "no_file_name.json"
+    bad.write_text(json.dumps(content))
+    monkeypatch.chdir(tmp_path)
+    command = [
+        "--config", "quickstart/faster_rcnn_R18_FPN_shapes.yaml",
+        "--dataset", "no_file_name", str(bad), str(data / "images"),
+        *TINY_OWN_DATA, "OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TRAIN", "('no_file_name',)",
+    ]  # fmt: skip
+    assert train_net.main(command) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: DatasetFormatError: dataset 'no_file_name': {bad} is malformed (KeyError: "
+        "'file_name'); it must be a COCO instances JSON with 'images', 'annotations' and "
+        "'categories'"
+    )
+    command = [
+        "--config", "quickstart/faster_rcnn_R18_FPN_shapes.yaml", "--eval-only",
+        *TINY_OWN_DATA, "OUTPUT_DIR", str(tmp_path / "o"), "MODEL.WEIGHTS", "missing.pth",
+    ]  # fmt: skip
+    assert train_net.main(command) == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith("error: WeightsNotFoundError: MODEL.WEIGHTS = 'missing.pth': no such file.")
+    )
+
+
 def test_num_classes_must_match_the_data(tmp_path, capsys):
     data = write_coco_folder(tmp_path / "d", num_images=2)  # two categories: red, yellow
     command = [

@@ -2,7 +2,6 @@
 DefaultTrainer, a config that ``add_resnet_backbones_config`` never saw, and detectron2 imported
 before resnet_backbones where it has no compiled ops."""
 
-import os
 import subprocess
 import sys
 
@@ -23,6 +22,22 @@ from .helpers import REPO, tiny_cfg, tiny_shapes
 # --------------------------------------------------------------------------------------------
 # SOLVER.OPTIMIZER
 # --------------------------------------------------------------------------------------------
+def test_detectron2s_sgd_survives_a_reload_of_the_solver_module():
+    import importlib
+
+    import detectron2.solver
+
+    model = torch.nn.Linear(2, 2)
+    before = detectron2.solver.build_optimizer(get_cfg(), model)
+    importlib.reload(solver)
+    solver.install()  # points detectron2's names at the reloaded module's function
+    assert detectron2.solver.build_optimizer is solver.build_optimizer
+    for build in (solver.build_optimizer, detectron2.solver.build_optimizer):
+        after = build(get_cfg(), model)
+        assert type(after) is type(before) and type(after).__name__ == "SGD"
+        assert after.defaults == before.defaults
+
+
 def test_detectron2_default_trainer_honours_solver_optimizer(tmp_path):
     cfg = tiny_cfg(tmp_path, *tiny_shapes())
     assert cfg.SOLVER.OPTIMIZER == "AdamW"  # the quickstart's
@@ -105,9 +120,11 @@ def test_detectron2_imports_before_resnet_backbones_with_the_shim(tmp_path):
     install_c_shim(str(shim_dir))
     code = (
         "import detectron2\n"
-        # As if tools/install_env.sh had put the shim into the installed detectron2.
-        f"detectron2.__path__.append({str(shim_dir)!r})\n"
+        # As if tools/install_env.sh had put the shim into the installed detectron2 (first: the
+        # .venv's detectron2 has one of its own already).
+        f"detectron2.__path__.insert(0, {str(shim_dir)!r})\n"
         "import detectron2.modeling\n"
+        f"assert detectron2._C.__file__ == {str(shim_dir / '_C.py')!r}, detectron2._C.__file__\n"
         "from detectron2.engine import DefaultTrainer, defaults\n"
         "from detectron2.layers import deform_conv\n"
         "import resnet_backbones\n"
@@ -126,4 +143,3 @@ def test_detectron2_imports_before_resnet_backbones_with_the_shim(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("detectron2 op 'deform_conv_forward' needs detectron2's compiled")
-    assert os.path.exists(shim_dir / "_C.py")

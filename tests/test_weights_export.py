@@ -245,4 +245,6 @@ def test_export_errors_are_one_line_naming_the_problem_and_the_fix(tmp_path):
         export_weights(str(src), out, source="torchvision", arch="resnet-18")
     with pytest.raises(ValueError, match=r"form = 'C4' is not valid for arch 'rexnet_100'"):
         export_weights(str(src), out, source="timm", arch="rexnet_100", form="C4")
+    with pytest.raises(ValueError, match=r"ends in \.yaml, the name of the config written"):
+        export_weights(str(src), str(tmp_path / "out.yaml"), source="torchvision", arch="resnet18")
     assert not (tmp_path / "out.pth").exists() and not (tmp_path / "out.yaml").exists()

@@ -39,7 +39,7 @@ COCO_FORMAT_KEY = "DATASETS.COCO_FORMAT"
 # How both ways of registering a dataset are spelled in messages.
 HOW_TO_REGISTER = (
     "register it in COCO format with `--dataset NAME JSON_FILE IMAGE_ROOT` "
-    "(tools/train_net.py, repeatable) or the config key "
+    "(resnet-backbones-train or tools/train_net.py, repeatable) or the config key "
     "DATASETS.COCO_FORMAT: [[NAME, JSON_FILE, IMAGE_ROOT], ...]"
 )
 _EXAMPLE = "['my_train', 'annotations/train.json', 'images/']"
@@ -138,7 +138,11 @@ def load_coco_format(name: str, json_file: str, image_root: str) -> list[dict]:
     missing = [k for k in ("images", "categories") if not isinstance(content.get(k), list)]
     if missing:
         raise fail(f"has no list {' or '.join(map(repr, missing))}")
-    return load_coco_json(json_file, image_root, name)
+    try:
+        return load_coco_json(json_file, image_root, name)
+    except (KeyError, TypeError, ValueError, AssertionError, IndexError) as e:
+        # An entry without a field pycocotools or detectron2 reads ("file_name", "bbox" ...).
+        raise fail(f"is malformed ({type(e).__name__}: {e})") from None
 
 
 def _registered_files(name: str) -> tuple[Any, Any]:

@@ -199,6 +199,11 @@ def export_weights(
         MissingDependencyError: a ``.safetensors`` file without the safetensors package.
     """
     check_choice("source", source, EXPORT_SOURCES, quote=False)
+    if fragment_path(dst) == dst:
+        raise ValueError(
+            f"dst = {dst!r} ends in .yaml, the name of the config written beside it; name the "
+            "weights .pth or .safetensors"
+        )
     row = get_arch(arch)
     _check_form(arch, form)
     if source == "msra" and row.source != "msra":
