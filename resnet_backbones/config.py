@@ -255,7 +255,6 @@ FPN_BACKBONES: dict[str, str] = {
     "build_resnet_family_backbone": "build_resnet_family_fpn_backbone",
     "build_rexnet_backbone": "build_rexnet_fpn_backbone",
 }
-# Every registered backbone builder of the package -> the plain builder of its network.
 # The RoI heads of a C4 detector: detectron2's and ours (modeling/roi_heads.py).
 _C4_HEADS = ("Res5ROIHeads", "Res5FamilyROIHeads")
 
@@ -280,6 +279,7 @@ def detector_form(cfg: CfgNode) -> Optional[str]:
     return None
 
 
+# Every registered backbone builder of the package -> the plain builder of its network.
 PLAIN_BACKBONES: dict[str, str] = {
     **{plain: plain for plain in FPN_BACKBONES},
     **{fpn: plain for plain, fpn in FPN_BACKBONES.items()},

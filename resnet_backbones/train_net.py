@@ -223,8 +223,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command: parses ``argv`` (default: ``sys.argv[1:]``) and runs on ``--num-gpus``
-    processes. Returns 0, or 1 after a one-line error where a dataset or the weights to
-    evaluate are missing or malformed, or the number of classes is not the data's."""
+    processes. Returns 0, or 1 after a one-line error where the input is at fault: a config,
+    dataset, image or weights file missing or malformed, weights that do not fit, nothing to
+    evaluate, or a number of classes that is not the data's (with ``--num-gpus`` above 1, the
+    worker processes' errors come back as torch.multiprocessing prints them)."""
     args = parse_args(argv)
     if args.num_gpus > 1 and not torch.cuda.is_available():
         logger.warning(
