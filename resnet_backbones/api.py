@@ -127,13 +127,6 @@ def weights_config(cfg: CfgNode, preset: str, weights: Weights) -> CfgNode:
     return cfg
 
 
-def _norm_key(cfg: CfgNode) -> str:
-    from .config import PLAIN_BACKBONES
-
-    plain = PLAIN_BACKBONES.get(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.NAME)
-    return "MODEL.REXNET.NORM" if plain == "build_rexnet_backbone" else "MODEL.RESNETS.NORM"
-
-
 def _load(model: nn.Module, cfg: CfgNode) -> None:
     from .weights.checkpoint import FamilyCheckpointer
 
@@ -188,7 +181,7 @@ def create_backbone(
     from detectron2.layers import ShapeSpec
     from detectron2.modeling import BACKBONE_REGISTRY
 
-    from .config import FPN_BACKBONES, clean_backbone_config
+    from .config import backbone_section, clean_backbone_config
     from .presets import PRESETS, preset_config
 
     check_choice("preset", name, PRESETS)
@@ -200,23 +193,20 @@ def create_backbone(
         )
     cfg = preset_config(name, form="FPN") if fpn else preset_config(name)
     weights_config(cfg, name, weights)
+    section = backbone_section(cfg)  # MODEL.RESNETS or MODEL.REXNET
     if norm is not None:
-        config_set(cfg, _norm_key(cfg), norm)
+        config_set(cfg, f"{section}.NORM", norm)
     plain = clean_backbone_config(cfg)  # every stage, the plain builder
-    stages = list(config_get(plain, _norm_key(cfg).replace("NORM", "OUT_FEATURES")))
+    stages = list(config_get(plain, f"{section}.OUT_FEATURES"))
     if out_features is not None:
         for stage in out_features:
             check_choice("out_features", stage, stages)
         stages = list(out_features)
-    if fpn:
+    if fpn:  # preset_config's FPN form: the FPN builder reads these stages
         cfg.MODEL.FPN.IN_FEATURES = stages
-        config_set(cfg, _norm_key(cfg).replace("NORM", "OUT_FEATURES"), stages)
-        cfg.MODEL.BACKBONE.NAME = FPN_BACKBONES.get(
-            cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.NAME
-        )
     else:
         cfg = plain
-        config_set(cfg, _norm_key(cfg).replace("NORM", "OUT_FEATURES"), stages)
+    config_set(cfg, f"{section}.OUT_FEATURES", stages)
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     cfg.freeze()
     backbone = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(

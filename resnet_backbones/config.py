@@ -42,6 +42,7 @@ __all__ = [
     "RESNETS_NAMES",
     "REXNET_NAMES",
     "add_resnet_backbones_config",
+    "backbone_section",
     "build_clean_backbone",
     "check_config_extended",
     "clean_backbone_config",
@@ -287,6 +288,13 @@ PLAIN_BACKBONES: dict[str, str] = {
 }
 
 
+def backbone_section(cfg: CfgNode) -> str:
+    """The config section of the network ``cfg`` builds: "MODEL.REXNET" for a ReXNet (plain or
+    with an FPN), "MODEL.RESNETS" otherwise (its ``NORM``, ``OUT_FEATURES`` ...)."""
+    plain = PLAIN_BACKBONES.get(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.NAME)
+    return "MODEL.REXNET" if plain == "build_rexnet_backbone" else "MODEL.RESNETS"
+
+
 def clean_backbone_config(
     cfg: CfgNode,
     *,
@@ -315,7 +323,7 @@ def clean_backbone_config(
     cfg.defrost()
     cfg.MODEL.BACKBONE.NAME = PLAIN_BACKBONES[cfg.MODEL.BACKBONE.NAME]
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    if cfg.MODEL.BACKBONE.NAME == "build_rexnet_backbone":
+    if backbone_section(cfg) == "MODEL.REXNET":
         section, stages = cfg.MODEL.REXNET, FEATURE_NAMES[1:]
     else:
         section, stages = cfg.MODEL.RESNETS, _resnet_spec(cfg, resolve=False).feature_names[1:]

@@ -377,13 +377,11 @@ def from_scratch(cfg: CfgNode) -> CfgNode:
     """Makes ``cfg`` (in place) train its backbone from random initialisation: no
     ``MODEL.WEIGHTS``, BN (FrozenBN of random weights would normalise nothing) and no frozen
     stage. Returns ``cfg``."""
-    from .config import PLAIN_BACKBONES
+    from .config import backbone_section
 
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    plain = PLAIN_BACKBONES.get(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.NAME)
-    rexnet = plain == "build_rexnet_backbone"
-    config_set(cfg, "MODEL.REXNET.NORM" if rexnet else "MODEL.RESNETS.NORM", "BN")
+    config_set(cfg, f"{backbone_section(cfg)}.NORM", "BN")
     return cfg
 
 
