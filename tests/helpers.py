@@ -284,7 +284,9 @@ class WeightsServer:
     headers) and counts the GET requests.
 
     A path in ``truncated`` announces its full Content-Length but closes the connection
-    after half of the bytes; a path in ``redirects`` answers 302 to the URL given; any other
+    after half of the bytes; a path in ``stalled`` sends half of them and then nothing, keeping
+    the connection open; a path in ``trickled`` sends one byte every ``trickled[path]``
+    seconds; a path in ``redirects`` answers 302 to the URL given; any other
     unknown path is a 404 with the headers ``not_found_headers``. ``headers[path]`` are sent
     with that path's answers (the Hub's X-Repo-Commit and ETag: see :func:`serve_hub_file`).
     """
@@ -292,10 +294,13 @@ class WeightsServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.truncated: set[str] = set()
+        self.stalled: set[str] = set()
+        self.trickled: dict[str, float] = {}
         self.redirects: dict[str, str] = {}
         self.headers: dict[str, dict[str, str]] = {}
         self.not_found_headers: dict[str, str] = {}
         self.requests: Counter[str] = Counter()
+        self._closing = threading.Event()  # ends the stalled and trickled answers
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -328,6 +333,19 @@ class WeightsServer:
                 if path in server.truncated:
                     self.wfile.write(body[: len(body) // 2])
                     self.close_connection = True
+                elif path in server.stalled:
+                    self.wfile.write(body[: len(body) // 2])
+                    server._closing.wait()
+                    self.close_connection = True
+                elif path in server.trickled:
+                    try:  # until the client hangs up or the server closes
+                        for i in range(len(body)):
+                            self.wfile.write(body[i : i + 1])
+                            if server._closing.wait(server.trickled[path]):
+                                break
+                    except OSError:
+                        pass
+                    self.close_connection = True
                 else:
                     self.wfile.write(body)
 
@@ -356,6 +374,7 @@ class WeightsServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)

@@ -1,12 +1,22 @@
 """download(): https or loopback only, atomic, verified, cached; served from 127.0.0.1."""
 
+import fcntl
 import hashlib
+import logging
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
 from resnet_backbones.weights.download import (
     CACHE_ENV,
+    MAX_TIME_ENV,
+    MIN_RATE_ENV,
+    TIMEOUT_ENV,
     cache_path,
     download,
     hash_prefix_from_url,
@@ -120,3 +130,126 @@ def test_hash_prefix_in_torch_hub_file_names():
     assert hash_prefix_from_url("https://x/models/resnet101-cd907fc2.pth") == "cd907fc2"
     assert hash_prefix_from_url("https://x/resnet50d_ra2-464e36ba.pth") == "464e36ba"
     assert hash_prefix_from_url("https://x/ImageNetPretrained/MSRA/R-50.pkl") is None
+
+
+# ------------------------------------------------------------------------------------------
+# Downloads that cannot hang: limits scaled down so that each test takes about a second.
+# ------------------------------------------------------------------------------------------
+TRICKLE = bytes(range(256)) * 4  # 1024 bytes, one every 20 ms: 50 bytes/s
+
+
+@pytest.fixture
+def trickle(server):
+    server.files["/models/slow.pth"] = TRICKLE
+    server.trickled["/models/slow.pth"] = 0.02
+    return server.url("/models/slow.pth")
+
+
+def _progress(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("... ")]
+
+
+def test_a_trickle_below_the_minimum_rate_fails_and_logs_its_progress(trickle, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="resnet_backbones.weights.download")
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        download(trickle, cache_dir=str(tmp_path), min_rate=200, rate_window=1, progress_every=0.3)
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert message.startswith(f"download of {trickle} stalled: ")
+    # ~50 bytes arrive in the 1 s window: the rate, the limit, where to change it, the total.
+    assert (
+        "bytes in the last 1 s (" in message and "bytes/s), below min_rate = 200 bytes/s" in message
+    )
+    assert f"${MIN_RATE_ENV}" in message and "of 1.0 KiB in 1 s" in message
+    assert 1.0 <= elapsed < 4.0  # the window, not the 20 s the whole body would take
+    lines = _progress(caplog)
+    assert len(lines) >= 2, caplog.text
+    assert all("bytes of 1.0 KiB at " in line and " s left" in line for line in lines), lines
+    assert _files(tmp_path) == []
+
+
+def test_a_total_time_limit_names_itself_and_its_variable(trickle, tmp_path):
+    with pytest.raises(DownloadError, match=r"did not finish within max_time = 0\.5 s") as info:
+        download(trickle, cache_dir=str(tmp_path), min_rate=0, max_time=0.5)
+    assert trickle in str(info.value) and f"${MAX_TIME_ENV}" in str(info.value)
+    assert _files(tmp_path) == []
+
+
+def test_limits_come_from_the_environment(trickle, tmp_path, monkeypatch):
+    monkeypatch.setenv(MIN_RATE_ENV, "0")
+    monkeypatch.setenv(MAX_TIME_ENV, "0.5")
+    with pytest.raises(DownloadError, match="max_time = 0.5 s"):
+        download(trickle, cache_dir=str(tmp_path))
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match=rf"\${TIMEOUT_ENV} = 'soon' is not valid"):
+        download(trickle, cache_dir=str(tmp_path))
+    monkeypatch.delenv(TIMEOUT_ENV)
+    with pytest.raises(ValueError, match=r"min_rate = -1 is not valid; it must be a number >= 0"):
+        download(trickle, cache_dir=str(tmp_path), min_rate=-1)
+
+
+def test_a_server_that_stops_sending_times_out_and_says_it_waited(server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="resnet_backbones.weights.download")
+    server.files["/models/stuck.pth"] = PAYLOAD
+    server.stalled.add("/models/stuck.pth")
+    url = server.url("/models/stuck.pth")
+    with pytest.raises(DownloadError) as info:
+        download(url, cache_dir=str(tmp_path), timeout=1, min_rate=0, progress_every=0.3)
+    assert str(info.value) == (
+        f"download of {url} stalled: no byte arrived for timeout = 1 s (${TIMEOUT_ENV}); "
+        f"received 146.5 KiB of 293.0 KiB. Retry later, or raise ${TIMEOUT_ENV}"
+    )
+    waited = [line for line in _progress(caplog) if "waited" in line]
+    assert waited and waited[-1].startswith(f"... {url}: waited 0."), caplog.text
+    assert "for the next byte; 146.5 KiB of 293.0 KiB so far (limits: timeout 1 s)" in waited[-1]
+    assert _files(tmp_path) == []
+
+
+def test_ctrl_c_during_a_download_leaves_no_part_file(trickle, tmp_path, monkeypatch):
+    # Ctrl-C is SIGINT to the main thread, where the download reads; it must be the main thread.
+    assert threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    ctrl_c = threading.Timer(
+        0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)
+    )
+    try:
+        ctrl_c.start()
+        with pytest.raises(KeyboardInterrupt):
+            download(trickle, cache_dir=str(tmp_path), min_rate=0)
+    finally:
+        ctrl_c.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert _files(tmp_path) == []
+
+
+def test_part_files_of_killed_downloads_are_removed_on_the_next_start(server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="resnet_backbones.weights.download")
+    url = server.url("/models/r18.pth")
+    folder, name = os.path.split(cache_path(url, str(tmp_path)))
+    os.makedirs(folder)
+    killed, live, fresh = (os.path.join(folder, f".{name}.{k}.part") for k in ("k1", "l2", "f3"))
+    for part in (killed, live, fresh):
+        with open(part, "wb") as f:
+            f.write(b"partial")
+    # A download killed by SIGKILL: its process held the lock, which the kernel released.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", killed],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline() == "locked\n"
+    holder.kill()
+    holder.wait()
+    # A download still running in another process holds its lock.
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        old = time.time() - 60
+        for part in (killed, live):
+            os.utime(part, (old, old))
+        path = download(url, cache_dir=str(tmp_path), sha256=SHA256)
+    assert not os.path.exists(killed)
+    assert os.path.exists(live)  # locked: a live download's
+    assert os.path.exists(fresh)  # unlocked but seconds old: a download about to lock it
+    assert f"Removed {killed}, left by an interrupted download" in caplog.text
+    assert sorted(_files(tmp_path)) == sorted([path, live, fresh])
