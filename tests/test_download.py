@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -203,6 +204,18 @@ def test_a_server_that_stops_sending_times_out_and_says_it_waited(server, tmp_pa
     waited = [line for line in _progress(caplog) if "waited" in line]
     assert waited and waited[-1].startswith(f"... {url}: waited 0."), caplog.text
     assert "for the next byte; 146.5 KiB of 293.0 KiB so far (limits: timeout 1 s)" in waited[-1]
+    assert _files(tmp_path) == []
+
+
+def test_a_server_that_never_answers_times_out(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, and says nothing
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/r18.pth"
+        with pytest.raises(DownloadError) as info:
+            download(url, cache_dir=str(tmp_path), timeout=0.5)
+    assert str(info.value) == (
+        f"cannot reach {url}: no answer within timeout = 0.5 s (${TIMEOUT_ENV}). Retry later, or "
+        f"raise ${TIMEOUT_ENV}"
+    )
     assert _files(tmp_path) == []
 
 

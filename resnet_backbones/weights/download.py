@@ -289,6 +289,8 @@ class _Watchdog:
             if received != samples[-1][1]:
                 last_change = now
             samples.append((now, received))
+            while len(samples) > 1 and samples[1][0] <= now - limits.rate_window:
+                samples.popleft()  # keeps one sample at or before the window's start
             self.failure = self._check(now, received, samples)
             if self.failure:
                 with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._fd)) as s:
@@ -314,18 +316,17 @@ class _Watchdog:
                 last_log, logged_bytes = now, received
 
     def _check(self, now: float, received: int, samples: collections.deque) -> Optional[str]:
+        """Why the download must stop now, or None."""
         limits, elapsed = self.limits, now - self.start
-        average = f"{_size(received / max(elapsed, 1e-6))}/s"
         if limits.max_time and elapsed >= limits.max_time:
+            average = _size(received / max(elapsed, 1e-6))
             return (
                 f"download of {self.url} did not finish within max_time = {limits.max_time:g} s "
-                f"(${MAX_TIME_ENV}): received {_received(received, self.expected)} at {average} on average. "
-                f"Retry, or raise ${MAX_TIME_ENV} (0: no limit)"
+                f"(${MAX_TIME_ENV}): received {_received(received, self.expected)} at "
+                f"{average}/s on average. Retry, or raise ${MAX_TIME_ENV} (0: no limit)"
             )
         if not (limits.min_rate and limits.rate_window):
             return None
-        while len(samples) > 1 and samples[1][0] <= now - limits.rate_window:
-            samples.popleft()
         since, then = samples[0]
         if now - since < limits.rate_window:
             return None  # not one whole window yet
@@ -336,7 +337,8 @@ class _Watchdog:
             f"download of {self.url} stalled: {_size(received - then)} in the last "
             f"{now - since:.0f} s ({_size(rate)}/s), below min_rate = {_size(limits.min_rate)}/s "
             f"over rate_window = {limits.rate_window:g} s (${MIN_RATE_ENV} bytes per second, "
-            f"${RATE_WINDOW_ENV} seconds); received {_received(received, self.expected)} in {elapsed:.0f} s. "
+            f"${RATE_WINDOW_ENV} seconds); received {_received(received, self.expected)} in "
+            f"{elapsed:.0f} s. "
             f"Retry later, or lower ${MIN_RATE_ENV} (0: no minimum) for a slow server"
         )
 
@@ -348,18 +350,20 @@ def _fetch(url: str, out: IO[bytes], limits: DownloadLimits) -> str:
         handlers.append(urllib.request.ProxyHandler({}))  # never send loopback through a proxy
     opener = urllib.request.build_opener(*handlers)
     request = urllib.request.Request(url, headers={"User-Agent": "resnet_backbones"})
-    timeout = limits.timeout or None
+    no_answer = (
+        f"cannot reach {url}: no answer within timeout = {limits.timeout:g} s (${TIMEOUT_ENV}). "
+        f"Retry later, or raise ${TIMEOUT_ENV}"
+    )
     try:
-        response = opener.open(request, timeout=timeout)
+        response = opener.open(request, timeout=limits.timeout or None)
     except urllib.error.HTTPError as e:
         raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
-    except urllib.error.URLError as e:
+    except urllib.error.URLError as e:  # connecting, or sending the request, failed
         if isinstance(e.reason, socket.timeout):
-            raise DownloadError(
-                f"cannot reach {url}: no answer within timeout = {limits.timeout:g} s "
-                f"(${TIMEOUT_ENV}). Retry later, or raise ${TIMEOUT_ENV}"
-            ) from e
+            raise DownloadError(no_answer) from e
         raise DownloadError(f"cannot reach {url}: {e.reason}") from e
+    except socket.timeout as e:  # connected, but the answer's headers did not come
+        raise DownloadError(no_answer) from e
     except (OSError, http.client.HTTPException) as e:
         raise DownloadError(f"download of {url} failed: {e}") from e
 
@@ -386,7 +390,8 @@ def _fetch(url: str, out: IO[bytes], limits: DownloadLimits) -> str:
                 raise DownloadError(
                     watchdog.failure
                     or f"download of {url} stalled: no byte arrived for timeout = "
-                    f"{limits.timeout:g} s (${TIMEOUT_ENV}); received {_received(received, expected)}. "
+                    f"{limits.timeout:g} s (${TIMEOUT_ENV}); received "
+                    f"{_received(received, expected)}. "
                     f"Retry later, or raise ${TIMEOUT_ENV}"
                 ) from e
             except (OSError, http.client.HTTPException) as e:
