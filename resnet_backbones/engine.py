@@ -3,11 +3,14 @@ ops or CUDA are missing, with clear errors for configs and datasets."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
-from typing import Sequence
+import re
+from typing import Any, Callable, Sequence
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer
@@ -22,16 +25,216 @@ from .utils import config_get, first_n
 from .weights.checkpoint import FamilyCheckpointer
 
 __all__ = [
+    "ConfigError",
     "DatasetNotFoundError",
     "NumClassesError",
     "Trainer",
     "check_datasets",
     "check_num_classes",
+    "config_chain",
     "load_config",
+    "merge_config_file",
+    "merge_config_list",
     "use_cpu_if_no_cuda",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config file or ``KEY VALUE`` override that detectron2's config cannot take: invalid
+    YAML, a file that is not a mapping of keys, a missing or circular ``_BASE_``, an unknown key
+    or a value of the wrong type. The message is one line naming the file (or the override), the
+    key and what to write instead."""
+
+
+# yacs' messages, the only place its merge names the key at fault (yacs 0.1.8 is its last
+# release): an unknown key from a file (KeyError) or from an override (AssertionError), and a
+# value whose type differs from the default's (ValueError).
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+_TYPE_MISMATCH = re.compile(r"Type mismatch \(.*\) with values \(.*\) for config key: (\S+)", re.S)
+_MISSING = object()
+
+
+def _yaml_error(path: str, error: yaml.MarkedYAMLError) -> ConfigError:
+    mark = error.problem_mark or error.context_mark
+    where = f"config file {path}" + (
+        f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    )
+    problem = error.problem or error.context or str(error)
+    if error.context and error.problem:
+        problem += f" ({error.context})"
+    if isinstance(error, yaml.constructor.ConstructorError):
+        problem += (
+            "; config files are read with yaml.safe_load, which refuses tags that build Python "
+            "objects (they could run code)"
+        )
+    return ConfigError(f"{where}: invalid YAML: {problem}")
+
+
+def config_chain(config_file: str) -> list[tuple[str, dict]]:
+    """The YAML mappings that detectron2's ``merge_from_file`` combines for ``config_file``,
+    each with its path: its ``_BASE_`` files first (followed as detectron2 follows them:
+    recursively, in order, relative to the including file), ``config_file`` last.
+
+    Read here, before detectron2 reads them, so that an error names the file it is in:
+    detectron2 fails on an empty file, a file that is not a mapping, a missing ``_BASE_`` or a
+    circular one with a bare ``TypeError``, ``AttributeError``, ``FileNotFoundError`` without a
+    name, or ``RecursionError``. ``_BASE_`` URLs (``https://...``) are left to detectron2.
+
+    Raises:
+        ConfigError: naming the file, and the line and column of a YAML error.
+    """
+
+    def read(path: str, including: list[str]) -> list[tuple[str, dict]]:
+        where = f"config file {path}" + (f" (the _BASE_ of {including[-1]})" if including else "")
+        if os.path.abspath(path) in map(os.path.abspath, including):
+            cycle = " -> ".join([*including[including.index(path) :], path])
+            raise ConfigError(f"{where} includes itself through _BASE_: {cycle}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{where} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"{where} cannot be read: {e.strerror}") from None
+        except yaml.MarkedYAMLError as e:
+            raise _yaml_error(path, e) from None
+        if not isinstance(loaded, dict):
+            kind = "empty" if loaded is None else f"a YAML {type(loaded).__name__}"
+            raise ConfigError(
+                f"{where} is {kind}, not a mapping of config keys (KEY: value, or sections of them)"
+            )
+        bases = loaded.get("_BASE_", [])
+        chain: list[tuple[str, dict]] = []
+        for base in bases if isinstance(bases, list) else [bases]:
+            if not isinstance(base, str):
+                raise ConfigError(
+                    f"{where}: _BASE_ = {base!r} is not valid; it must be a path, or a list of "
+                    "paths, relative to the file's folder"
+                )
+            if base.startswith(("http://", "https://")):
+                continue
+            base = os.path.expanduser(base)
+            if not base.startswith("/"):
+                base = os.path.join(os.path.dirname(path), base)
+            chain += read(base, [*including, path])
+        return [*chain, (path, loaded)]
+
+    return read(config_file, [])
+
+
+def _config_keys(node: CfgNode, prefix: str = "") -> list[str]:
+    """Every dotted key of ``node``, sections included (``MODEL``, ``MODEL.RESNETS.DEPTH``)."""
+    keys = []
+    for name, value in node.items():
+        keys.append(prefix + name)
+        if isinstance(value, CfgNode):
+            keys += _config_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def _unknown_key(cfg: CfgNode, key: str) -> str:
+    """Says ``key`` is unknown, and names the closest valid keys: the keys of its section whose
+    names are spelled alike (``MODEL.RESNETS.DEPTHH`` -> ``MODEL.RESNETS.DEPTH``, ``MODLE`` ->
+    ``MODEL``), then the keys of the same name in another section (``MODEL.BASE_LR`` ->
+    ``SOLVER.BASE_LR``); failing both, every key of its section."""
+    keys = _config_keys(cfg)
+    section, _, name = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == section}
+    close = [siblings[n] for n in difflib.get_close_matches(name, list(siblings), n=3)]
+    close += [k for k in keys if k.rpartition(".")[2] == name and k not in close]
+    if close:
+        return f"unknown config key {key}; did you mean {' or '.join(close[:3])}?"
+    return (
+        f"unknown config key {key}; the keys of {section or 'the config'} are "
+        f"{first_n(list(siblings), 30)}"
+    )
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, CfgNode):
+        return "a section of keys"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    name = type(value).__name__
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def _wrong_type(cfg: CfgNode, key: str, given: Any) -> str:
+    """Says ``key`` takes another type than ``given``'s, and what to write."""
+    current = config_get(cfg, key)
+    text = f"{key} = {given!r} is {_kind(given)}, but {key} takes {_kind(current)}"
+    if isinstance(current, CfgNode):
+        return text + f" (its keys: {first_n(list(current), 10)})"
+    text += f", like {current!r}"
+    if isinstance(current, float) and isinstance(given, int) and not isinstance(given, bool):
+        text += f"; write {float(given)!r}"  # yacs does not turn an int into a float
+    elif isinstance(current, (list, tuple)) and not isinstance(given, (dict, CfgNode)):
+        text += f"; write a list, e.g. [{given!r}]"
+    return text
+
+
+def _merge_error(cfg: CfgNode, error: Exception, source: Callable[[str], tuple[str, Any]]):
+    """``error`` of a yacs merge as a :class:`ConfigError`; ``source(key)`` is where the value
+    of ``key`` comes from (a file, an override) and the value given there."""
+    message = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    match = _UNKNOWN_KEY.fullmatch(message)
+    if match:
+        where, _ = source(match[1])
+        return ConfigError(f"{where}: {_unknown_key(cfg, match[1])}")
+    match = _TYPE_MISMATCH.fullmatch(message)
+    if match:
+        where, given = source(match[1])
+        if given is not _MISSING:
+            return ConfigError(f"{where}: {_wrong_type(cfg, match[1], given)}")
+    where, _ = source("")
+    return ConfigError(f"{where}: {message}")
+
+
+def merge_config_file(cfg: CfgNode, config_file: str) -> None:
+    """``cfg.merge_from_file(config_file)``, with errors that name the file, its line and
+    column (YAML), the key and what to write (see :class:`ConfigError`). YAML tags that build
+    Python objects are refused: detectron2 would run them."""
+    chain = config_chain(config_file)
+
+    def source(key: str) -> tuple[str, Any]:
+        # The last file of the chain that sets the key is the one whose value was merged.
+        for path, loaded in reversed(chain):
+            value: Any = loaded
+            for part in key.split(".") if key else []:
+                value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+            if key and value is not _MISSING:
+                return f"config file {path}", value
+        return f"config file {config_file}", _MISSING
+
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise _merge_error(cfg, e, source) from e
+
+
+def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> None:
+    """``cfg.merge_from_list(opts)`` (``KEY VALUE`` pairs), with errors that name the override,
+    the key and what to write (see :class:`ConfigError`)."""
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(
+            f"the overrides must be KEY VALUE pairs, but an odd number of items ({len(opts)}) "
+            f"was given: {' '.join(opts)}"
+        )
+    given = dict(zip(opts[::2], opts[1::2]))
+
+    def source(key: str) -> tuple[str, Any]:
+        if key not in given:
+            return "override", _MISSING
+        # Decoded as yacs decodes it (a Python literal, else the string itself).
+        return f"override {key} {given[key]}", CfgNode._decode_cfg_value(given[key])
+
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise _merge_error(cfg, e, source) from e
 
 
 def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> CfgNode:
@@ -48,6 +251,8 @@ def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> 
 
     Raises:
         FileNotFoundError: naming a config file that is neither on disk nor one of ours.
+        ConfigError: invalid YAML, an unknown key or a value of the wrong type, in one line
+            naming the file (or the override) and the key.
     """
     if isinstance(config_files, (str, os.PathLike)):
         config_files = [config_files]
@@ -60,13 +265,13 @@ def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> 
     add_resnet_backbones_config(cfg)
     for config_file in config_files:
         before = cfg.DATASETS.COCO_FORMAT
-        cfg.merge_from_file(str(config_file))
+        merge_config_file(cfg, str(config_file))
         if cfg.DATASETS.COCO_FORMAT != before:
             cfg.DATASETS.COCO_FORMAT = resolve_config_paths(
                 cfg.DATASETS.COCO_FORMAT, config_source_dir(str(config_file))
             )
     before = cfg.DATASETS.COCO_FORMAT
-    cfg.merge_from_list(list(opts))
+    merge_config_list(cfg, opts)
     if cfg.DATASETS.COCO_FORMAT != before:
         cfg.DATASETS.COCO_FORMAT = resolve_config_paths(cfg.DATASETS.COCO_FORMAT, os.getcwd())
     return cfg
