@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from typing import Any, Optional, Sequence
+
+from .cli_errors import add_traceback_argument, report_user_error
 
 __all__ = ["main"]
 
@@ -344,17 +345,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a weights file for resnet_backbones")
     add_convert_arguments(p)
     p.set_defaults(run=cmd_convert)
+
+    # On each command, where tools/convert_weights.py (which is "convert") passes it too.
+    for command in sub.choices.values():
+        add_traceback_argument(command)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs one command; returns its exit status (2, with one line on stderr, for a bad name,
-    file, URL or download)."""
+    file, URL or download; with ``--traceback`` or ``RESNET_BACKBONES_TRACEBACK=1``, that error
+    propagates instead, with its traceback)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.run(args)
     except (CommandError, ValueError, OSError, ImportError) as e:  # WeightsError included
         name = "" if isinstance(e, CommandError) else f"{type(e).__name__}: "
-        print(f"{PROG} {args.command}: error: {name}{e}", file=sys.stderr)
-        return 2
+        line = f"{PROG} {args.command}: error: {name}{e}"
+        return report_user_error(e, line, 2, traceback=args.traceback)

@@ -37,9 +37,17 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from .cli_errors import add_traceback_argument, report_user_error
 from .data import DatasetFormatError, DatasetNotFoundError, register_config_datasets
 from .data.coco_format import COCO_FORMAT_KEY, resolve_config_paths
-from .engine import NumClassesError, Trainer, check_datasets, load_config, use_cpu_if_no_cuda
+from .engine import (
+    ConfigError,
+    NumClassesError,
+    Trainer,
+    check_datasets,
+    load_config,
+    use_cpu_if_no_cuda,
+)
 from .model_zoo import resolve_config_file
 from .visualize import draw_detections, plot_learning_curve
 from .weights.checkpoint import FamilyCheckpointer
@@ -55,9 +63,11 @@ class NothingToEvaluateError(FileNotFoundError):
 
 
 # What the command reports as one line instead of a traceback: the user's input is at fault.
-# FileNotFoundError: a config, an image or a weights file that is not there; WeightsError: weights
-# that are unknown, unsafe, unreadable or do not fit (see resnet_backbones.weights.errors).
+# ConfigError: invalid YAML, an unknown key or a value of the wrong type; FileNotFoundError: a
+# config, an image or a weights file that is not there; WeightsError: weights that are unknown,
+# unsafe, unreadable or do not fit, or a download that failed (resnet_backbones.weights.errors).
 _INPUT_ERRORS = (
+    ConfigError,
     DatasetFormatError,
     DatasetNotFoundError,
     NothingToEvaluateError,
@@ -207,6 +217,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         metavar="N",
         help="after evaluation, draw detections on the first N test images into OUTPUT_DIR/detections.png",
     )
+    add_traceback_argument(parser)
     args = parser.parse_args(argv)
     if not args.config_files:
         parser.error("a config is required: --config FILE (or --config-file FILE)")
@@ -226,7 +237,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     processes. Returns 0, or 1 after a one-line error where the input is at fault: a config,
     dataset, image or weights file missing or malformed, weights that do not fit, nothing to
     evaluate, or a number of classes that is not the data's (with ``--num-gpus`` above 1, the
-    worker processes' errors come back as torch.multiprocessing prints them)."""
+    worker processes' errors come back as torch.multiprocessing prints them). With
+    ``--traceback`` or ``RESNET_BACKBONES_TRACEBACK=1``, such an error propagates instead, with
+    its traceback (see :mod:`resnet_backbones.cli_errors`)."""
     args = parse_args(argv)
     if args.num_gpus > 1 and not torch.cuda.is_available():
         logger.warning(
@@ -245,6 +258,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args=(args,),
         )
     except _INPUT_ERRORS as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return report_user_error(e, f"error: {type(e).__name__}: {e}", 1, traceback=args.traceback)
     return 0
