@@ -77,8 +77,8 @@ _LAZY = {
 
 # Subpackages and modules, also reachable as attributes (``resnet_backbones.data``).
 _SUBMODULES = (
-    "api", "cli", "complexity", "config", "data", "engine", "model_zoo", "modeling", "presets",
-    "solver", "train_net", "utils", "visualize", "weights",
+    "api", "cli", "cli_errors", "complexity", "config", "data", "engine", "model_zoo", "modeling",
+    "presets", "solver", "train_net", "utils", "visualize", "weights",
 )  # fmt: skip
 
 __all__ = [*_LAZY, *_SUBMODULES, "install_c_stand_in", "uses_c_stand_in"]
