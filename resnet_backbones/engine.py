@@ -7,7 +7,7 @@ import difflib
 import logging
 import os
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import yaml
@@ -175,9 +175,13 @@ def _wrong_type(cfg: CfgNode, key: str, given: Any) -> str:
     return text
 
 
-def _merge_error(cfg: CfgNode, error: Exception, source: Callable[[str], tuple[str, Any]]):
-    """``error`` of a yacs merge as a :class:`ConfigError`; ``source(key)`` is where the value
-    of ``key`` comes from (a file, an override) and the value given there."""
+def _merge_error(
+    cfg: CfgNode, error: Exception, source: Callable[[Optional[str]], tuple[str, Any]]
+) -> Optional[ConfigError]:
+    """``error`` of a yacs merge as a :class:`ConfigError`, or None where it is not one that
+    the input causes (a bug, which keeps its traceback). ``source(key)`` is where the value of
+    ``key`` comes from (a file, an override) and the value given there; ``source(None)`` is
+    where the merge's input comes from."""
     message = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
     match = _UNKNOWN_KEY.fullmatch(message)
     if match:
@@ -186,10 +190,14 @@ def _merge_error(cfg: CfgNode, error: Exception, source: Callable[[str], tuple[s
     match = _TYPE_MISMATCH.fullmatch(message)
     if match:
         where, given = source(match[1])
-        if given is not _MISSING:
-            return ConfigError(f"{where}: {_wrong_type(cfg, match[1], given)}")
-    where, _ = source("")
-    return ConfigError(f"{where}: {message}")
+        if given is _MISSING:
+            return ConfigError(f"{where}: {message}")
+        return ConfigError(f"{where}: {_wrong_type(cfg, match[1], given)}")
+    if isinstance(error, AssertionError):
+        # detectron2, fvcore and yacs assert only on their input while merging: a config of a
+        # newer version, a section where the _BASE_ has a value.
+        return ConfigError(f"{source(None)[0]}: {message}")
+    return None
 
 
 def merge_config_file(cfg: CfgNode, config_file: str) -> None:
@@ -198,20 +206,23 @@ def merge_config_file(cfg: CfgNode, config_file: str) -> None:
     Python objects are refused: detectron2 would run them."""
     chain = config_chain(config_file)
 
-    def source(key: str) -> tuple[str, Any]:
+    def source(key: Optional[str]) -> tuple[str, Any]:
         # The last file of the chain that sets the key is the one whose value was merged.
-        for path, loaded in reversed(chain):
+        for path, loaded in reversed(chain if key else []):
             value: Any = loaded
-            for part in key.split(".") if key else []:
+            for part in key.split("."):
                 value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
-            if key and value is not _MISSING:
+            if value is not _MISSING:
                 return f"config file {path}", value
         return f"config file {config_file}", _MISSING
 
     try:
         cfg.merge_from_file(config_file, allow_unsafe=False)
     except (KeyError, ValueError, AssertionError) as e:
-        raise _merge_error(cfg, e, source) from e
+        error = _merge_error(cfg, e, source)
+        if error is None:
+            raise
+        raise error from e
 
 
 def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> None:
@@ -225,16 +236,19 @@ def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> None:
         )
     given = dict(zip(opts[::2], opts[1::2]))
 
-    def source(key: str) -> tuple[str, Any]:
+    def source(key: Optional[str]) -> tuple[str, Any]:
         if key not in given:
-            return "override", _MISSING
+            return "the overrides", _MISSING
         # Decoded as yacs decodes it (a Python literal, else the string itself).
         return f"override {key} {given[key]}", CfgNode._decode_cfg_value(given[key])
 
     try:
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError) as e:
-        raise _merge_error(cfg, e, source) from e
+        error = _merge_error(cfg, e, source)
+        if error is None:
+            raise
+        raise error from e
 
 
 def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> CfgNode:

@@ -126,3 +126,11 @@ def test_the_train_tool_prints_a_config_error_in_one_line(tmp_path, capsys):
         f"error: ConfigError: config file {path}: SOLVER.BASE_LR = 1 is an int, but SOLVER.BASE_LR "
         "takes a float, like 0.001; write 1.0"
     )
+
+
+def test_a_section_over_a_value_of_the_base_names_the_file(tmp_path):
+    _write(tmp_path, "base.yaml", "SOLVER:\n  STEPS: 5\n")
+    top = _write(tmp_path, "top.yaml", "_BASE_: base.yaml\nSOLVER:\n  STEPS:\n    A: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(top)
+    assert str(info.value) == f"config file {top}: Cannot inherit key 'STEPS' from base!"
