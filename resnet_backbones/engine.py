@@ -25,8 +25,14 @@ from .config import add_resnet_backbones_config
 from .data import DatasetNotFoundError, register_config_datasets, register_datasets
 from .data.coco_format import HOW_TO_REGISTER, config_source_dir, resolve_config_paths
 from .data.loader import ResumableTrainLoader
-from .output_dir import claim_output_dir
-from .resume import RNGStates, non_finite_loss_error, out_of_memory_error
+from .output_dir import claim_output_dir, release
+from .resume import (
+    RNGStates,
+    capture_rng_state,
+    non_finite_loss_error,
+    out_of_memory_error,
+    restore_rng_state,
+)
 from .utils import config_get, first_n
 from .weights.checkpoint import FamilyCheckpointer
 
@@ -206,6 +212,14 @@ class Trainer(DefaultTrainer):
         if isinstance(loader, ResumableTrainLoader):
             loader.start_iter = self.start_iter
 
+    def train(self):
+        """detectron2's; OUTPUT_DIR is released at the end (see :meth:`resume_or_load`)."""
+        try:
+            return super().train()
+        finally:
+            release(self._output_lock)
+            self._output_lock = None
+
     def state_dict(self) -> dict:
         """detectron2's (iteration, LR scheduler), and what it leaves out: the optimizer and
         AMP scaler (``_trainer``), the data seed (``data``) and every process's random
@@ -326,6 +340,18 @@ class Trainer(DefaultTrainer):
         """:func:`resnet_backbones.solver.build_optimizer`: detectron2's SGD, or AdamW where
         ``SOLVER.OPTIMIZER`` says so."""
         return solver.build_optimizer(cfg, model)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """detectron2's, with the random generators of this process as they were before it:
+        an evaluation during training (``TEST.EVAL_PERIOD``) must not shift the random stream
+        of the iterations after it, which a resumed run would otherwise not reproduce (the
+        test loader draws its worker seed from torch's generator)."""
+        state = capture_rng_state()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            restore_rng_state(state)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
