@@ -12,15 +12,30 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import yaml
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultTrainer
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    get_detection_dataset_dicts,
+)
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
 
 from . import solver
 from ._compat import uses_c_stand_in
 from .config import add_resnet_backbones_config
 from .data import DatasetNotFoundError, register_config_datasets, register_datasets
 from .data.coco_format import HOW_TO_REGISTER, config_source_dir, resolve_config_paths
+from .data.loader import ResumableTrainLoader
+from .output_dir import claim_output_dir, release
+from .resume import (
+    RNGStates,
+    capture_rng_state,
+    non_finite_loss_error,
+    out_of_memory_error,
+    restore_rng_state,
+)
 from .utils import config_get, first_n
 from .weights.checkpoint import FamilyCheckpointer
 
@@ -348,6 +363,10 @@ def check_datasets(names: Sequence[str]) -> None:
             )
 
 
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error)
+
+
 class NumClassesError(ValueError):
     """The model's number of classes is not the number of categories of its datasets."""
 
@@ -380,13 +399,73 @@ class Trainer(DefaultTrainer):
     and ``DATASETS.COCO_FORMAT`` registered, and the number of classes checked against the data
     (:func:`check_num_classes`).
 
+    Its runs survive interruptions (see :mod:`resnet_backbones.resume`): checkpoints hold the
+    optimizer, the LR scheduler, the data order and the random generators, so ``--resume``
+    after a kill continues the very run that was interrupted, with bitwise-equal weights; the
+    training batches come from a resumable loader
+    (:class:`~resnet_backbones.data.loader.ResumableTrainLoader`); :meth:`resume_or_load`
+    refuses to start a new run over a previous one (:mod:`resnet_backbones.output_dir`); a
+    non-finite loss or an out-of-memory step stops the run with a message saying what to
+    lower.
+
     Without detectron2's compiled ops, COCOEvaluator's fast path is unavailable; the evaluator
     then runs plain pycocotools (``use_fast_impl=False``), with the same numbers.
     """
 
     def __init__(self, cfg: CfgNode):
         register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
+        self._output_lock = None
         super().__init__(cfg)
+
+    def resume_or_load(self, resume: bool = True, overwrite: bool = False) -> None:
+        """detectron2's, after claiming OUTPUT_DIR for this run (main process): it refuses to
+        start a new run (``resume`` False) over a previous one unless ``overwrite``, and any run
+        while another one trains there (see :func:`resnet_backbones.output_dir.claim_output_dir`).
+        The training loader starts at the resumed iteration."""
+        if comm.is_main_process() and self._output_lock is None:
+            self._output_lock = claim_output_dir(
+                self.cfg.OUTPUT_DIR, resume=resume, overwrite=overwrite
+            )
+        super().resume_or_load(resume=resume)
+        loader = self._trainer.data_loader
+        if isinstance(loader, ResumableTrainLoader):
+            loader.start_iter = self.start_iter
+
+    def train(self):
+        """detectron2's; OUTPUT_DIR is released at the end (see :meth:`resume_or_load`)."""
+        try:
+            return super().train()
+        finally:
+            release(self._output_lock)
+            self._output_lock = None
+
+    def state_dict(self) -> dict:
+        """detectron2's (iteration, LR scheduler), and what it leaves out: the optimizer and
+        AMP scaler (``_trainer``), the data seed (``data``) and every process's random
+        generators (``rng``)."""
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        loader = self._trainer.data_loader
+        if isinstance(loader, ResumableTrainLoader):
+            state["data"] = loader.state_dict()
+        state["rng"] = self._rng_states.current()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "_trainer" in state:
+            self._trainer.load_state_dict(state["_trainer"])
+        else:
+            logger.warning(
+                "The checkpoint holds no optimizer state (written by detectron2's trainer or an "
+                "older resnet_backbones): the optimizer restarts, so SGD's momentum and AdamW's "
+                "moments start from zero"
+            )
+        loader = self._trainer.data_loader
+        if "data" in state and isinstance(loader, ResumableTrainLoader):
+            loader.load_state_dict(state["data"])
+        if "rng" in state:
+            RNGStates.restore(state["rng"])
 
     def build_hooks(self):
         # DefaultTrainer.__init__ makes a DetectionCheckpointer (plain pickle for .pkl, no
@@ -399,14 +478,74 @@ class Trainer(DefaultTrainer):
             save_to_disk=old.save_to_disk,
             **old.checkpointables,
         )
-        return super().build_hooks()
+        ret = super().build_hooks()
+        # The generators are captured after the LR scheduler and PreciseBN, just before the
+        # checkpointer writes them (detectron2's hooks draw no random numbers after it).
+        self._rng_states = RNGStates(self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        at = next(
+            (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)), len(ret)
+        )
+        ret.insert(at, self._rng_states)
+        return ret
+
+    def run_step(self) -> None:
+        """detectron2's step; a non-finite loss or an out-of-memory error becomes a
+        :class:`~resnet_backbones.resume.TrainingError` saying what to change and where to
+        resume from."""
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            raise non_finite_loss_error(self.iter, e, self._last_checkpoint()) from e
+        except RuntimeError as e:
+            if not _is_out_of_memory(e):
+                raise
+            loader = self._trainer.data_loader
+            shapes = getattr(loader, "last_batch_shapes", None)
+            raise out_of_memory_error(
+                self.iter, e, shapes, self.cfg, self._last_checkpoint()
+            ) from e
+
+    def _last_checkpoint(self) -> str | None:
+        if self.checkpointer.has_checkpoint():
+            return self.checkpointer.get_checkpoint_file()
+        return None
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        """detectron2's, then :func:`check_num_classes` on the training datasets it loaded."""
-        loader = super().build_train_loader(cfg)
+        """A :class:`~resnet_backbones.data.loader.ResumableTrainLoader` over detectron2's
+        training records and ``DatasetMapper`` (same batching and augmentations as
+        detectron2's loader, in an order that resumes), then :func:`check_num_classes` on the
+        training datasets. Only detectron2's default ``DATALOADER.SAMPLER_TRAIN``
+        ("TrainingSampler") resumes exactly; the others fall back to detectron2's loader."""
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            logger.warning(
+                "DATALOADER.SAMPLER_TRAIN = %r: using detectron2's loader, whose data order "
+                "restarts at --resume (only 'TrainingSampler' resumes exactly)",
+                cfg.DATALOADER.SAMPLER_TRAIN,
+            )
+            loader = super().build_train_loader(cfg)
+            check_num_classes(cfg, cfg.DATASETS.TRAIN)
+            return loader
+        dataset_dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+            if cfg.MODEL.KEYPOINT_ON
+            else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
-        return loader
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return ResumableTrainLoader(
+            dataset_dicts,
+            DatasetMapper(cfg, True),
+            cfg.SOLVER.IMS_PER_BATCH,
+            seed=seed,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            rank=comm.get_rank(),
+            world_size=comm.get_world_size(),
+        )
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -420,6 +559,18 @@ class Trainer(DefaultTrainer):
         """:func:`resnet_backbones.solver.build_optimizer`: detectron2's SGD, or AdamW where
         ``SOLVER.OPTIMIZER`` says so."""
         return solver.build_optimizer(cfg, model)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """detectron2's, with the random generators of this process as they were before it:
+        an evaluation during training (``TEST.EVAL_PERIOD``) must not shift the random stream
+        of the iterations after it, which a resumed run would otherwise not reproduce (the
+        test loader draws its worker seed from torch's generator)."""
+        state = capture_rng_state()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            restore_rng_state(state)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):

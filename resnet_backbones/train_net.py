@@ -49,6 +49,8 @@ from .engine import (
     use_cpu_if_no_cuda,
 )
 from .model_zoo import resolve_config_file
+from .output_dir import OutputDirInUseError, PreviousRunError
+from .resume import TrainingError
 from .visualize import draw_detections, plot_learning_curve
 from .weights.checkpoint import FamilyCheckpointer
 from .weights.errors import WeightsError
@@ -74,6 +76,9 @@ _INPUT_ERRORS = (
     NumClassesError,
     FileNotFoundError,
     WeightsError,
+    OutputDirInUseError,
+    PreviousRunError,
+    TrainingError,
 )
 
 
@@ -179,7 +184,7 @@ def run(args: argparse.Namespace):
         return results
 
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=args.resume, overwrite=args.overwrite)
     results = trainer.train()
     if comm.is_main_process():
         write_pictures(cfg, trainer.model, args.visualize, title)
@@ -209,6 +214,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
         help=f"register COCO-format data as NAME, for DATASETS.TRAIN/TEST (repeatable; adds to "
         f"{COCO_FORMAT_KEY}); relative paths are relative to the working directory",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an OUTPUT_DIR that holds a previous one, deleting its "
+        "checkpoints and metrics (without it, such a start is refused: use --resume to continue)",
     )
     parser.add_argument(
         "--visualize",
