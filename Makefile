@@ -16,8 +16,10 @@ $(STAMP): requirements.txt setup.py tools/install_env.sh
 
 # Train Faster R-CNN R18-FPN on the built-in shapes dataset on the CPU, evaluate it with
 # pycocotools (prints the COCO AP table), and draw the learning curve and detections as PNGs.
+# --resume: a rerun continues an interrupted run, or re-evaluates a finished one (`make clean`
+# starts over).
 quickstart: install
-	$(PY) tools/train_net.py --config $(QUICKSTART_CONFIG) --visualize 8 OUTPUT_DIR $(QUICKSTART_OUT)
+	$(PY) tools/train_net.py --config $(QUICKSTART_CONFIG) --resume --visualize 8 OUTPUT_DIR $(QUICKSTART_OUT)
 	@echo "Learning curve: $(QUICKSTART_OUT)/learning_curve.png  detections: $(QUICKSTART_OUT)/detections.png"
 
 # Tests run in TEST_WORKERS processes (pytest-xdist) of one thread each (tests/conftest.py): on
