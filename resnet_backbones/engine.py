@@ -9,7 +9,12 @@ from typing import Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 
@@ -18,6 +23,14 @@ from ._compat import uses_c_stand_in
 from .config import add_resnet_backbones_config
 from .data import DatasetNotFoundError, register_config_datasets, register_datasets
 from .data.coco_format import HOW_TO_REGISTER, config_source_dir, resolve_config_paths
+from .data.mapper import build_mapper
+from .data.validate import (
+    ValidationReportHook,
+    ValidationSettings,
+    validate_dataset,
+    validated_dataset_dicts,
+    validation_reports,
+)
 from .utils import config_get, first_n
 from .weights.checkpoint import FamilyCheckpointer
 
@@ -167,6 +180,14 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg: CfgNode):
         register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
+        # Every dataset of the run checked before the first iteration: the test sets too, which
+        # detectron2 would first read after training (validate.py; cached for the loaders).
+        settings = ValidationSettings.from_config(cfg)
+        if settings.mode != "off":
+            for name in cfg.DATASETS.TRAIN:
+                validate_dataset(name, settings, is_train=True)
+            for name in cfg.DATASETS.TEST:
+                validate_dataset(name, settings, is_train=False)
         super().__init__(cfg)
 
     def build_hooks(self):
@@ -180,19 +201,31 @@ class Trainer(DefaultTrainer):
             save_to_disk=old.save_to_disk,
             **old.checkpointables,
         )
-        return super().build_hooks()
+        hooks = super().build_hooks()
+        reports = validation_reports(self.cfg, self.cfg.DATASETS.TRAIN, is_train=True)
+        return hooks + [ValidationReportHook(reports)]
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        """detectron2's, then :func:`check_num_classes` on the training datasets it loaded."""
-        loader = super().build_train_loader(cfg)
+        """detectron2's, on the checked datasets (:func:`validated_dataset_dicts`) read by
+        :class:`RobustDatasetMapper`, then :func:`check_num_classes` on them."""
+        loader = build_detection_train_loader(
+            cfg,
+            mapper=build_mapper(cfg, is_train=True),
+            dataset=validated_dataset_dicts(cfg, cfg.DATASETS.TRAIN, is_train=True),
+        )
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
         return loader
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        """detectron2's, then :func:`check_num_classes` on the dataset it loaded."""
-        loader = super().build_test_loader(cfg, dataset_name)
+        """detectron2's, on the checked dataset read by :class:`RobustDatasetMapper`, then
+        :func:`check_num_classes` on it."""
+        loader = build_detection_test_loader(
+            validated_dataset_dicts(cfg, [dataset_name], is_train=False),
+            mapper=build_mapper(cfg, is_train=False),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
         check_num_classes(cfg, [dataset_name])
         return loader
 
