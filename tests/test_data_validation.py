@@ -424,7 +424,7 @@ def _exif_dataset(tmp_path, orientation, size, json_size):
 def test_exif_rotation_non_square_moves_boxes_with_the_image(tmp_path, caplog):
     """Boxes drawn on the stored pixels (the JSON says the stored size) are rotated with them;
     the mapper's image and boxes agree."""
-    name, _, _ = _exif_dataset(tmp_path, 6, (48, 32), (48, 32))
+    name, json_file, _ = _exif_dataset(tmp_path, 6, (48, 32), (48, 32))
     with caplog.at_level(logging.INFO, logger="resnet_backbones.data.validate"):
         records, report = validate_dataset(name, SETTINGS, True)
     assert "1 image with an EXIF orientation, their boxes rotated with them" in caplog.text
@@ -434,6 +434,14 @@ def test_exif_rotation_non_square_moves_boxes_with_the_image(tmp_path, caplog):
     box = out["instances"].gt_boxes.tensor[0].tolist()
     assert box == pytest.approx(bright_box(out["image"]), abs=1)
     assert box == [18, 4, 26, 20]  # 32 - 14 .. 32 - 6, 4 .. 20
+
+    # A test set cannot: the evaluator reads the JSON's boxes as they are.
+    message, _ = problems_of(name, is_train=False)
+    assert (
+        "carries EXIF orientation 6 (rotated 90°) and its boxes were drawn on the stored "
+        in message
+    )
+    assert f"the upright image against the boxes of {json_file} as they are." in message
 
 
 def test_exif_rotation_non_square_drawn_upright_keeps_its_boxes(tmp_path):

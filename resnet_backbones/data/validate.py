@@ -524,6 +524,18 @@ def _exif_frame(record: dict, info: ImageInfo, exif_boxes: str) -> tuple[Optiona
     ), False
 
 
+def _exif_in_test_set(record: dict, info: ImageInfo, json_file: Optional[str]) -> str:
+    """Why the boxes of a test image cannot be rotated with it."""
+    scored = f"the boxes of {json_file}" if json_file else "the dataset's boxes"
+    return (
+        f"{describe_image(record.get('image_id'), record['file_name'])} carries "
+        f"{info.orientation_text()} and its boxes were drawn on the stored pixels. In a test "
+        f"set they cannot be rotated with the image: the evaluator scores the predictions on "
+        f"the upright image against {scored} as they are. Save the image upright without the "
+        "EXIF tag and rotate its boxes in the dataset"
+    )
+
+
 def _rotate_record(record: dict, info: ImageInfo) -> Optional[str]:
     """Moves the record's boxes and polygons onto the upright image (in place, boxes as
     XYXY_ABS) and sets its size to the upright one; returns why it cannot (RLE masks and
@@ -640,9 +652,11 @@ def _check(name: str, settings: ValidationSettings, is_train: bool):
             continue
         report.pixel_formats[info.kind] += 1
         problem, rotate = _exif_frame(record, info, settings.exif_boxes)
+        reason = "EXIF orientation" if info.orientation != 1 else "size differs from file"
         if problem:
-            reason = "EXIF orientation" if info.orientation != 1 else "size differs from file"
             problems.append(Problem(problem, reason, image_id))
+        elif rotate and not is_train:
+            problems.append(Problem(_exif_in_test_set(record, info, json_file), reason, image_id))
         elif rotate:
             to_rotate.append((record, info))
         elif info.orientation != 1:
@@ -683,16 +697,21 @@ def _check(name: str, settings: ValidationSettings, is_train: bool):
 
 
 # Validated datasets of this process: checking twice (the Trainer before building its loaders,
-# then the loader) costs nothing the second time.
-_CACHE: dict[tuple, tuple[list[dict], ValidationReport]] = {}
+# then the loader) costs nothing the second time. A training set's dicts leave the cache when
+# its loader takes them (:func:`validated_dataset_dicts`), so that a large dataset is not held
+# twice for the whole run; test sets stay, as every evaluation builds its loader again. The
+# reports stay, for the end of training.
+_CACHE: dict[tuple, list[dict]] = {}
+_REPORTS: dict[tuple, ValidationReport] = {}
 
 
 def _cache_key(name: str, settings: ValidationSettings, is_train: bool) -> tuple:
     from detectron2.data import MetadataCatalog
 
-    json_file = getattr(MetadataCatalog.get(name), "json_file", None)
-    stamp = None
-    if json_file and os.path.isfile(json_file):
+    meta = MetadataCatalog.get(name)
+    json_file = getattr(meta, "json_file", None)
+    stamp = None  # the file as it was checked; the built-in datasets never change
+    if json_file and os.path.isfile(json_file) and not getattr(meta, "generated_on_first_use", 0):
         st = os.stat(json_file)
         stamp = (json_file, st.st_mtime_ns, st.st_size)
     return (name, settings, is_train, stamp)
@@ -725,15 +744,15 @@ def validate_dataset(
         return DatasetCatalog.get(name), ValidationReport(name, settings.mode)
     key = _cache_key(name, settings, is_train)
     if key not in _CACHE:
-        _CACHE[key] = _check(name, settings, is_train)
-    return _CACHE[key]
+        _CACHE[key], _REPORTS[key] = _check(name, settings, is_train)
+    return _CACHE[key], _REPORTS[key]
 
 
 def validation_reports(cfg: Any, names: Sequence[str], is_train: bool) -> list[ValidationReport]:
     """The reports of the datasets ``names`` validated with ``cfg``'s settings in this process."""
     settings = ValidationSettings.from_config(cfg)
     keys = [_cache_key(name, settings, is_train) for name in names]
-    return [_CACHE[key][1] for key in keys if key in _CACHE]
+    return [_REPORTS[key] for key in keys if key in _REPORTS]
 
 
 def validated_dataset_dicts(cfg: Any, names: Sequence[str], is_train: bool) -> list[dict]:
@@ -784,6 +803,9 @@ def validated_dataset_dicts(cfg: Any, names: Sequence[str], is_train: bool) -> l
             proposal_files=proposal_files,
         )
     per_dataset = [validate_dataset(name, settings, is_train)[0] for name in names]
+    if is_train:
+        for name in names:
+            _CACHE.pop(_cache_key(name, settings, is_train), None)
     if proposal_files is not None:
         per_dataset = [
             load_proposals_into_dataset([dict(r) for r in records], proposal_file)
