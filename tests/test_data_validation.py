@@ -403,9 +403,10 @@ def test_exif_box_moves_with_the_pixels(orientation):
     assert box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
-def _exif_dataset(tmp_path, orientation, size, json_size):
+def _exif_dataset(tmp_path, orientation, size, json_size, **annotation):
     """One JPEG of ``size`` (as stored) with a bright box at [4, 6, 16, 8] (XYWH, stored pixels)
-    and an EXIF orientation; the JSON says ``json_size``."""
+    and an EXIF orientation; the JSON says ``json_size``; ``annotation``: more keys of its
+    annotation."""
 
     def edit(content, folder):
         image = Image.new("RGB", size)
@@ -415,8 +416,9 @@ def _exif_dataset(tmp_path, orientation, size, json_size):
             {"id": 1, "file_name": "e.jpg", "width": json_size[0], "height": json_size[1]}
         ]
         content["annotations"] = [
-            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 6, 16, 8], "iscrowd": 0}
-        ]
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 6, 16, 8], "iscrowd": 0,
+             **annotation}
+        ]  # fmt: skip
 
     return coco_dataset(tmp_path, edit)
 
@@ -442,6 +444,20 @@ def test_exif_rotation_non_square_moves_boxes_with_the_image(tmp_path, caplog):
         in message
     )
     assert f"the upright image against the boxes of {json_file} as they are." in message
+
+
+def test_exif_rotation_moves_polygons_and_refuses_keypoints(tmp_path):
+    polygon = [4, 6, 20, 6, 20, 14, 4, 14]
+    name, _, _ = _exif_dataset(tmp_path / "p", 6, (48, 32), (48, 32), segmentation=[polygon])
+    records, _ = validate_dataset(name, SETTINGS, True)
+    (rotated,) = records[0]["annotations"][0]["segmentation"]
+    assert rotated == [26, 4, 26, 20, 18, 20, 18, 4]  # the corners of the rotated box
+    name, _, images = _exif_dataset(tmp_path / "k", 6, (48, 32), (48, 32), keypoints=[5, 7, 2])
+    message, _ = problems_of(name)
+    assert (
+        f"image id 1 ({images}/e.jpg) carries EXIF orientation 6 (rotated 90°) and its "
+        "annotations include keypoints, which are not rotated with the image"
+    ) in message
 
 
 def test_exif_rotation_non_square_drawn_upright_keeps_its_boxes(tmp_path):

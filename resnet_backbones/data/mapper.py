@@ -115,7 +115,8 @@ class RobustDatasetMapper(DatasetMapper):
         except Exception as e:
             image = describe_image(dataset_dict.get("image_id"), dataset_dict.get("file_name"))
             raise ImageMappingError(
-                f"{image}: mapping it for the model failed with {type(e).__name__}: {e}"
+                f"{image}: mapping it for the model failed with {type(e).__name__}: "
+                + " ".join(str(e).split())  # one line, also as a worker's traceback ends
             ) from e
 
     def _map(self, dataset_dict: dict) -> dict:

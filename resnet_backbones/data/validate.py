@@ -55,6 +55,7 @@ __all__ = [
     "EXIF_BOX_FRAMES",
     "VALIDATE_MODES",
     "DatasetValidationError",
+    "JsonFindings",
     "check_coco_json",
     "Problem",
     "ValidationReport",
@@ -267,7 +268,10 @@ def _box_problem(
 
 
 @dataclass
-class _JsonFindings:
+class JsonFindings:
+    """What :func:`check_coco_json` found: the problems, the number of annotations and of boxes
+    extending more than 1 px past their image."""
+
     problems: list[Problem] = field(default_factory=list)
     annotations: int = 0
     boxes_past_border: int = 0
@@ -280,9 +284,9 @@ def _duplicates(pairs: list[tuple[Any, str]]) -> dict[Any, list[str]]:
     return {key: wheres for key, wheres in seen.items() if len(wheres) > 1}
 
 
-def check_coco_json(content: dict, json_file: str) -> _JsonFindings:
+def check_coco_json(content: dict, json_file: str) -> JsonFindings:
     """The problems of a COCO instances JSON (``content``, read from ``json_file``)."""
-    found = _JsonFindings()
+    found = JsonFindings()
     add = found.problems.append
 
     categories = content["categories"]
