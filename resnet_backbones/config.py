@@ -119,6 +119,20 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
         # NAME for DATASETS.TRAIN/TEST by the Trainer and tools/train_net.py; relative paths are
         # relative to the YAML file that sets the key (resnet_backbones/data/coco_format.py).
         cfg.DATASETS.COCO_FORMAT = []
+    # Checks of every dataset of a run before its first iteration (resnet_backbones/data/
+    # validate.py): "headers" (image headers, sizes and ends of files, the JSON), "full" (every
+    # image decoded too) or "off" (detectron2's behaviour: nothing checked).
+    if "VALIDATE" not in cfg.DATASETS:
+        cfg.DATASETS.VALIDATE = "headers"
+    # A training image that fails its checks: "error" stops the run, naming it; "skip" leaves it
+    # out, counted and logged at the start and the end. Test sets never skip.
+    if "BAD_IMAGES" not in cfg.DATASETS:
+        cfg.DATASETS.BAD_IMAGES = "error"
+    # On which pixels the boxes of an image with an EXIF orientation were drawn: "stored" (the
+    # boxes are rotated with the image), "displayed" (upright already), or "auto": the JSON's
+    # width and height tell, an error where both sizes are the same (square, 180°, mirrored).
+    if "EXIF_BOXES" not in cfg.DATASETS:
+        cfg.DATASETS.EXIF_BOXES = "auto"
     return cfg
 
 

@@ -14,9 +14,9 @@ import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import (
     DatasetCatalog,
-    DatasetMapper,
     MetadataCatalog,
-    get_detection_dataset_dicts,
+    build_detection_test_loader,
+    build_detection_train_loader,
 )
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
@@ -28,6 +28,14 @@ from .config import add_resnet_backbones_config
 from .data import DatasetNotFoundError, register_config_datasets, register_datasets
 from .data.coco_format import HOW_TO_REGISTER, config_source_dir, resolve_config_paths
 from .data.loader import ResumableTrainLoader
+from .data.mapper import build_mapper
+from .data.validate import (
+    ValidationReportHook,
+    ValidationSettings,
+    validate_dataset,
+    validated_dataset_dicts,
+    validation_reports,
+)
 from .output_dir import claim_output_dir, release
 from .resume import (
     RNGStates,
@@ -415,6 +423,14 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
         register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
         self._output_lock = None
+        # Every dataset of the run checked before the first iteration: the test sets too, which
+        # detectron2 would first read after training (validate.py; cached for the loaders).
+        settings = ValidationSettings.from_config(cfg)
+        if settings.mode != "off":
+            for name in cfg.DATASETS.TRAIN:
+                validate_dataset(name, settings, is_train=True)
+            for name in cfg.DATASETS.TEST:
+                validate_dataset(name, settings, is_train=False)
         super().__init__(cfg)
 
     def resume_or_load(self, resume: bool = True, overwrite: bool = False) -> None:
@@ -486,7 +502,8 @@ class Trainer(DefaultTrainer):
             (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)), len(ret)
         )
         ret.insert(at, self._rng_states)
-        return ret
+        reports = validation_reports(self.cfg, self.cfg.DATASETS.TRAIN, is_train=True)
+        return ret + [ValidationReportHook(reports)]
 
     def run_step(self) -> None:
         """detectron2's step; a non-finite loss or an out-of-memory error becomes a
@@ -512,33 +529,28 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        """A :class:`~resnet_backbones.data.loader.ResumableTrainLoader` over detectron2's
-        training records and ``DatasetMapper`` (same batching and augmentations as
-        detectron2's loader, in an order that resumes), then :func:`check_num_classes` on the
-        training datasets. Only detectron2's default ``DATALOADER.SAMPLER_TRAIN``
-        ("TrainingSampler") resumes exactly; the others fall back to detectron2's loader."""
+        """A :class:`~resnet_backbones.data.loader.ResumableTrainLoader` over the checked
+        datasets (:func:`~resnet_backbones.data.validate.validated_dataset_dicts`) read by
+        :class:`~resnet_backbones.data.mapper.RobustDatasetMapper` (detectron2's batching and
+        augmentations, in an order that resumes), then :func:`check_num_classes` on them. Only
+        detectron2's default ``DATALOADER.SAMPLER_TRAIN`` ("TrainingSampler") resumes exactly;
+        the others fall back to detectron2's loader."""
+        mapper = build_mapper(cfg, is_train=True)
+        dataset_dicts = validated_dataset_dicts(cfg, cfg.DATASETS.TRAIN, is_train=True)
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             logger.warning(
                 "DATALOADER.SAMPLER_TRAIN = %r: using detectron2's loader, whose data order "
                 "restarts at --resume (only 'TrainingSampler' resumes exactly)",
                 cfg.DATALOADER.SAMPLER_TRAIN,
             )
-            loader = super().build_train_loader(cfg)
+            loader = build_detection_train_loader(cfg, mapper=mapper, dataset=dataset_dicts)
             check_num_classes(cfg, cfg.DATASETS.TRAIN)
             return loader
-        dataset_dicts = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN,
-            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
-            if cfg.MODEL.KEYPOINT_ON
-            else 0,
-            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-        )
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return ResumableTrainLoader(
             dataset_dicts,
-            DatasetMapper(cfg, True),
+            mapper,
             cfg.SOLVER.IMS_PER_BATCH,
             seed=seed,
             aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
@@ -549,8 +561,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        """detectron2's, then :func:`check_num_classes` on the dataset it loaded."""
-        loader = super().build_test_loader(cfg, dataset_name)
+        """detectron2's, on the checked dataset read by :class:`RobustDatasetMapper`, then
+        :func:`check_num_classes` on it."""
+        loader = build_detection_test_loader(
+            validated_dataset_dicts(cfg, [dataset_name], is_train=False),
+            mapper=build_mapper(cfg, is_train=False),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
         check_num_classes(cfg, [dataset_name])
         return loader
 

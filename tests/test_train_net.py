@@ -259,7 +259,7 @@ def test_malformed_coco_fails_in_one_line_and_config_names_work_anywhere(
     tmp_path, capsys, monkeypatch
 ):
     """An image entry without its file_name (detectron2 raises a KeyError) is one line naming the
-    file; the command runs from a folder without configs/, the config given by its name; a
+    file and the entry (the checks before training); the command runs from a folder without configs/, the config given by its name; a
     missing weights file is one line too."""
     data = write_coco_folder(tmp_path / "d", num_images=1)
     content = json.loads((data / "annotations.json").read_text())
@@ -274,9 +274,9 @@ def test_malformed_coco_fails_in_one_line_and_config_names_work_anywhere(
     ]  # fmt: skip
     assert train_net.main(command) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"error: DatasetFormatError: dataset 'no_file_name': {bad} is malformed (KeyError: "
-        "'file_name'); it must be a COCO instances JSON with 'images', 'annotations' and "
-        "'categories'"
+        "error: DatasetValidationError: dataset 'no_file_name' failed its checks before "
+        f"training, 1 problem: {bad}: images[0] = {{'id': 1, 'width': 64, 'height': 64}} needs "
+        "an 'id' and a 'file_name' (and 'width', 'height'); add them"
     )
     command = [
         "--config", "quickstart/faster_rcnn_R18_FPN_shapes.yaml", "--eval-only",

@@ -11,6 +11,10 @@ call it, and so can your own code::
 
 The files are generated into ``$RESNET_BACKBONES_CACHE/datasets/`` (read when a split is first
 loaded; default ``~/.cache/resnet_backbones``) the first time a split is loaded.
+
+Before training, :mod:`.validate` checks every dataset a run uses (the raw COCO JSON, then
+every image file) and :mod:`.mapper` reads the images for the model, both through the one
+decoder of :mod:`.images`; the Trainer calls ``validated_dataset_dicts`` and ``build_mapper``.
 """
 
 from __future__ import annotations

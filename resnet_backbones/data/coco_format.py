@@ -31,6 +31,7 @@ __all__ = [
     "check_coco_format",
     "config_source_dir",
     "load_coco_format",
+    "read_coco_json",
     "register_coco_format",
     "resolve_config_paths",
 ]
@@ -115,16 +116,24 @@ def resolve_config_paths(
     ]
 
 
-def load_coco_format(name: str, json_file: str, image_root: str) -> list[dict]:
-    """detectron2's ``load_coco_json``, with a one-line error naming the file where it is not a
-    readable COCO instances JSON."""
-    from detectron2.data.datasets import load_coco_json
+def _format_error(name: str, json_file: str, problem: str) -> DatasetFormatError:
+    return DatasetFormatError(
+        f"dataset {name!r}: {json_file} {problem}; it must be a COCO instances JSON "
+        "with 'images', 'annotations' and 'categories'"
+    )
+
+
+def read_coco_json(name: str, json_file: str) -> dict:
+    """The content of a COCO instances JSON file: an object with the lists ``images`` and
+    ``categories``.
+
+    Raises:
+        DatasetFormatError: naming the dataset and the file, and for invalid JSON the line and
+            column (json's own message).
+    """
 
     def fail(problem: str) -> DatasetFormatError:
-        return DatasetFormatError(
-            f"dataset {name!r}: {json_file} {problem}; it must be a COCO instances JSON "
-            "with 'images', 'annotations' and 'categories'"
-        )
+        return _format_error(name, json_file, problem)
 
     try:
         with open(json_file, "rb") as f:
@@ -138,11 +147,20 @@ def load_coco_format(name: str, json_file: str, image_root: str) -> list[dict]:
     missing = [k for k in ("images", "categories") if not isinstance(content.get(k), list)]
     if missing:
         raise fail(f"has no list {' or '.join(map(repr, missing))}")
+    return content
+
+
+def load_coco_format(name: str, json_file: str, image_root: str) -> list[dict]:
+    """detectron2's ``load_coco_json``, with a one-line error naming the file where it is not a
+    readable COCO instances JSON (:func:`read_coco_json` first)."""
+    from detectron2.data.datasets import load_coco_json
+
+    read_coco_json(name, json_file)
     try:
         return load_coco_json(json_file, image_root, name)
     except (KeyError, TypeError, ValueError, AssertionError, IndexError) as e:
         # An entry without a field pycocotools or detectron2 reads ("file_name", "bbox" ...).
-        raise fail(f"is malformed ({type(e).__name__}: {e})") from None
+        raise _format_error(name, json_file, f"is malformed ({type(e).__name__}: {e})") from None
 
 
 def _registered_files(name: str) -> tuple[Any, Any]:
