@@ -145,21 +145,22 @@ def test_checkpoint_holds_optimizer_data_seed_and_generators(tmp_path, own_data)
 
 
 @pytest.mark.parametrize(
-    "optimizer, kills",
-    [("SGD", 1), ("AdamW", 2)],
+    "optimizer, kills, evaluate",
+    [("SGD", 1, True), ("AdamW", 2, False)],
 )
 def test_kill_and_resume_gives_the_uninterrupted_weights_bitwise(
-    tmp_path, own_data, optimizer, kills
+    tmp_path, own_data, optimizer, kills, evaluate
 ):
     """N iterations straight, against the same run killed with SIGKILL (after a step, then
-    during a checkpoint write) and resumed: model and optimizer tensors are bitwise equal."""
+    during a checkpoint write) and resumed: model and optimizer tensors are bitwise equal. With
+    SGD, an evaluation every 2 iterations runs between checkpoints and the next step."""
     tool = _tool()
-    args = _args(own_data, "unused", "SOLVER.OPTIMIZER", optimizer, max_iter=5)
-    config, opts = [args[1]], args[8:]
-    assert opts[0] == "OUTPUT_DIR"
+    extra = ["DATASETS.TEST", "('d',)", "TEST.EVAL_PERIOD", "2"] if evaluate else []
+    args = _args(own_data, "unused", "SOLVER.OPTIMIZER", optimizer, *extra, max_iter=5)
+    assert args[6] == "OUTPUT_DIR"  # the tool chooses the output folders
     summary = tool.chaos_resume(
-        config,
-        opts[2:],
+        [args[1]],
+        args[8:],
         kills,
         str(tmp_path),
         seed=2,
