@@ -41,6 +41,7 @@ from .data import DatasetFormatError, DatasetNotFoundError, register_config_data
 from .data.coco_format import COCO_FORMAT_KEY, resolve_config_paths
 from .engine import NumClassesError, Trainer, check_datasets, load_config, use_cpu_if_no_cuda
 from .model_zoo import resolve_config_file
+from .utils import DiskFullError
 from .visualize import draw_detections, plot_learning_curve
 from .weights.checkpoint import FamilyCheckpointer
 from .weights.errors import WeightsError
@@ -56,9 +57,11 @@ class NothingToEvaluateError(FileNotFoundError):
 
 # What the command reports as one line instead of a traceback: the user's input is at fault.
 # FileNotFoundError: a config, an image or a weights file that is not there; WeightsError: weights
-# that are unknown, unsafe, unreadable or do not fit (see resnet_backbones.weights.errors).
+# that are unknown, unsafe, unreadable, non-finite or do not fit, and no checkpoint to resume
+# from (see resnet_backbones.weights.errors); DiskFullError: no room for a checkpoint or metrics.
 _INPUT_ERRORS = (
     DatasetFormatError,
+    DiskFullError,
     DatasetNotFoundError,
     NothingToEvaluateError,
     NumClassesError,
@@ -131,17 +134,21 @@ def load_for_evaluation(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> s
 
     As detectron2's ``resume_or_load``: with ``--resume``, the last checkpoint of OUTPUT_DIR if
     there is one, else MODEL.WEIGHTS. Where MODEL.WEIGHTS is empty, the last checkpoint of
-    OUTPUT_DIR (the run's own model) rather than a model from scratch.
+    OUTPUT_DIR (the run's own model) rather than a model from scratch. A last checkpoint that is
+    torn or not finite is passed over, with a warning, for the newest one that loads
+    (:meth:`FamilyCheckpointer.load_last_good`).
 
     Raises:
         NothingToEvaluateError: MODEL.WEIGHTS is empty and OUTPUT_DIR holds no checkpoint.
+        NoGoodCheckpointError: OUTPUT_DIR has checkpoints, but none loads.
     """
     checkpointer = FamilyCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg)
     if (resume or not cfg.MODEL.WEIGHTS) and checkpointer.has_checkpoint():
-        path = checkpointer.get_checkpoint_file()
+        path, _ = checkpointer.load_last_good()
         reason = "--resume" if resume else "MODEL.WEIGHTS is empty"
         logger.info("Evaluating %s, the last checkpoint in OUTPUT_DIR (%s)", path, reason)
-    elif cfg.MODEL.WEIGHTS:
+        return path
+    if cfg.MODEL.WEIGHTS:
         path = cfg.MODEL.WEIGHTS
         logger.info("Evaluating MODEL.WEIGHTS = %s", path)
     else:
@@ -224,8 +231,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command: parses ``argv`` (default: ``sys.argv[1:]``) and runs on ``--num-gpus``
     processes. Returns 0, or 1 after a one-line error where the input is at fault: a config,
-    dataset, image or weights file missing or malformed, weights that do not fit, nothing to
-    evaluate, or a number of classes that is not the data's (with ``--num-gpus`` above 1, the
+    dataset, image or weights file missing or malformed, weights that do not fit or are not
+    finite (a diverged run), nothing to evaluate or resume from, a full disk, or a number of
+    classes that is not the data's (with ``--num-gpus`` above 1, the
     worker processes' errors come back as torch.multiprocessing prints them)."""
     args = parse_args(argv)
     if args.num_gpus > 1 and not torch.cuda.is_available():
