@@ -455,12 +455,12 @@ class FamilyCheckpointer(DetectionCheckpointer):
             try:
                 loaded = self.load(candidate, checkpointables)
             except (WeightsFormatError, NonFiniteWeightsError) as e:
-                why = (
-                    "it is torn or unreadable"
-                    if isinstance(e, WeightsFormatError)
-                    else "its weights are not finite"
-                )
-                problems.append(f"{candidate}: {why} ({e})")
+                # Both messages start with the file's name; the problem is said once, after it.
+                detail = str(e).removeprefix(f"{candidate}: ")
+                if isinstance(e, WeightsFormatError):
+                    problems.append(f"{candidate} is torn or unreadable ({detail})")
+                else:
+                    problems.append(f"{candidate} is not finite: {detail.split('; ')[0]}")
                 continue
             for problem in problems:
                 logger.warning(
