@@ -44,10 +44,11 @@ class AtomicJSONWriter(EventWriter):
         self.json_file = json_file
         self._window_size = window_size
         self._last_write = -1
-        self._records: list[dict[str, Any]] = self._read(json_file)
+        # (iteration, line): each line serialised once; a write joins them.
+        self._lines: list[tuple[int, str]] = self._read(json_file)
 
     @staticmethod
-    def _read(json_file: str) -> list[dict[str, Any]]:
+    def _read(json_file: str) -> list[tuple[int, str]]:
         if not os.path.isfile(json_file):
             return []
         records = []
@@ -64,27 +65,22 @@ class AtomicJSONWriter(EventWriter):
                 if not isinstance(record, dict) or not isinstance(record.get("iteration"), int):
                     logger.warning("%s, line %d: dropped (%s)", json_file, number, problem)
                     continue
-                records.append(record)
+                records.append((record["iteration"], line.rstrip("\n") + "\n"))
         return records
-
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        """The lines of the file, as dicts, in order."""
-        return list(self._records)
 
     def drop_after(self, iteration: int) -> None:
         """Removes the lines of iterations after ``iteration`` and rewrites the file: call it
         when resuming from the checkpoint of ``iteration``, whose later iterations the resumed
         run will write again."""
-        kept = [r for r in self._records if r["iteration"] <= iteration]
-        if len(kept) != len(self._records):
+        kept = [(i, line) for i, line in self._lines if i <= iteration]
+        if len(kept) != len(self._lines):
             logger.info(
                 "%s: removed %d lines after iteration %d, which this run writes again",
                 self.json_file,
-                len(self._records) - len(kept),
+                len(self._lines) - len(kept),
                 iteration,
             )
-            self._records = kept
+            self._lines = kept
             self._save()
         self._last_write = min(self._last_write, iteration)
 
@@ -100,10 +96,10 @@ class AtomicJSONWriter(EventWriter):
             return
         self._last_write = max(to_save)
         for iteration in sorted(to_save):
-            self._records.append({**to_save[iteration], "iteration": iteration})
+            record = {**to_save[iteration], "iteration": iteration}
+            self._lines.append((iteration, json.dumps(record, sort_keys=True) + "\n"))
         self._save()
 
     def _save(self) -> None:
         with atomic_write(self.json_file, "w", encoding="utf-8") as f:
-            for record in self._records:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write("".join(line for _, line in self._lines))

@@ -205,6 +205,8 @@ def _free_space(folder: str) -> str:
 
 def _fsync_folder(folder: str) -> None:
     """Makes a rename in ``folder`` durable (the new name survives a power cut)."""
+    if os.name == "nt":  # Windows cannot open a folder as a file; its renames are journaled
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
