@@ -51,6 +51,7 @@ from .engine import (
 from .model_zoo import resolve_config_file
 from .output_dir import OutputDirInUseError, PreviousRunError
 from .resume import TrainingError
+from .utils import DiskFullError
 from .visualize import draw_detections, plot_learning_curve
 from .weights.checkpoint import FamilyCheckpointer
 from .weights.errors import WeightsError
@@ -67,10 +68,14 @@ class NothingToEvaluateError(FileNotFoundError):
 # What the command reports as one line instead of a traceback: the user's input is at fault.
 # ConfigError: invalid YAML, an unknown key or a value of the wrong type; FileNotFoundError: a
 # config, an image or a weights file that is not there; WeightsError: weights that are unknown,
-# unsafe, unreadable or do not fit, or a download that failed (resnet_backbones.weights.errors).
+# unsafe, unreadable, non-finite or do not fit, a download that failed, and no checkpoint to
+# resume from (resnet_backbones.weights.errors); DiskFullError: no room for a checkpoint or
+# metrics; the OUTPUT_DIR errors (resnet_backbones.output_dir); TrainingError: a non-finite loss
+# or an out-of-memory step (resnet_backbones.resume).
 _INPUT_ERRORS = (
     ConfigError,
     DatasetFormatError,
+    DiskFullError,
     DatasetNotFoundError,
     NothingToEvaluateError,
     NumClassesError,
@@ -146,17 +151,21 @@ def load_for_evaluation(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> s
 
     As detectron2's ``resume_or_load``: with ``--resume``, the last checkpoint of OUTPUT_DIR if
     there is one, else MODEL.WEIGHTS. Where MODEL.WEIGHTS is empty, the last checkpoint of
-    OUTPUT_DIR (the run's own model) rather than a model from scratch.
+    OUTPUT_DIR (the run's own model) rather than a model from scratch. A last checkpoint that is
+    torn or not finite is passed over, with a warning, for the newest one that loads
+    (:meth:`FamilyCheckpointer.load_last_good`).
 
     Raises:
         NothingToEvaluateError: MODEL.WEIGHTS is empty and OUTPUT_DIR holds no checkpoint.
+        NoGoodCheckpointError: OUTPUT_DIR has checkpoints, but none loads.
     """
     checkpointer = FamilyCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg)
     if (resume or not cfg.MODEL.WEIGHTS) and checkpointer.has_checkpoint():
-        path = checkpointer.get_checkpoint_file()
+        path, _ = checkpointer.load_last_good()
         reason = "--resume" if resume else "MODEL.WEIGHTS is empty"
         logger.info("Evaluating %s, the last checkpoint in OUTPUT_DIR (%s)", path, reason)
-    elif cfg.MODEL.WEIGHTS:
+        return path
+    if cfg.MODEL.WEIGHTS:
         path = cfg.MODEL.WEIGHTS
         logger.info("Evaluating MODEL.WEIGHTS = %s", path)
     else:
@@ -246,11 +255,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command: parses ``argv`` (default: ``sys.argv[1:]``) and runs on ``--num-gpus``
     processes. Returns 0, or 1 after a one-line error where the input is at fault: a config,
-    dataset, image or weights file missing or malformed, weights that do not fit, nothing to
-    evaluate, or a number of classes that is not the data's (with ``--num-gpus`` above 1, the
-    worker processes' errors come back as torch.multiprocessing prints them). With
-    ``--traceback`` or ``RESNET_BACKBONES_TRACEBACK=1``, such an error propagates instead, with
-    its traceback (see :mod:`resnet_backbones.cli_errors`)."""
+    dataset, image or weights file missing or malformed, weights that do not fit or are not
+    finite (a diverged run), nothing to evaluate or resume from, a full disk, an OUTPUT_DIR in use
+    or holding a previous run, a non-finite loss or an out-of-memory step, or a number of classes
+    that is not the data's (with ``--num-gpus`` above 1, the worker processes' errors come back as
+    torch.multiprocessing prints them). With ``--traceback`` or ``RESNET_BACKBONES_TRACEBACK=1``,
+    such an error propagates instead, with its traceback (see :mod:`resnet_backbones.cli_errors`)."""
     args = parse_args(argv)
     if args.num_gpus > 1 and not torch.cuda.is_available():
         logger.warning(

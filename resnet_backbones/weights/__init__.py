@@ -23,7 +23,8 @@ Read the pipeline top to bottom; :func:`.checkpoint.prepare_checkpoint` runs it 
    head), then the strict check: every backbone tensor present with its shape, no module the
    model lacks (pure functions of names and shapes).
 7. :mod:`.checkpoint` -- :class:`~.checkpoint.FamilyCheckpointer` hands the result to
-   detectron2's ``DetectionCheckpointer`` (which loads it, and saves and resumes training).
+   detectron2's ``DetectionCheckpointer`` (which loads it), refuses NaN and Inf, saves training
+   checkpoints atomically and resumes from the newest one that loads.
 
 Beside the pipeline: :mod:`.entry` and :mod:`.catalog` (the published weights, each with its
 architecture, input and citation), :mod:`.export` (writes a file of ours, torch or safetensors,

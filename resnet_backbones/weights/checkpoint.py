@@ -16,20 +16,36 @@ hands the result to detectron2's own ``_load_model``:
 * every backbone parameter of the model must be in the file with its shape (detectron2 only
   warns and trains from random weights); an ImageNet file's missing heads are one INFO line;
 * what the weights record (or their mapping family or catalog entry implies) about stride
-  placement, input format and pixel statistics must agree with the config.
+  placement, input format and pixel statistics must agree with the config;
+* weights with NaN or Inf are neither loaded nor saved (:class:`NonFiniteWeightsError`).
+
+Its saving and resuming are made to survive kills, full disks and divergence:
+
+* every checkpoint, and ``last_checkpoint``, is written by
+  :func:`~resnet_backbones.utils.atomic_write` (a temporary file, fsynced, renamed into place);
+  ``last_checkpoint`` moves only after its checkpoint is complete; a full disk is a
+  :class:`~resnet_backbones.utils.DiskFullError` naming the file and the free space;
+* resuming (and ``--eval-only`` on OUTPUT_DIR) verifies the last checkpoint as it loads it: a
+  torn or non-finite one, or an empty or dangling ``last_checkpoint``, is reported in a warning
+  and the newest checkpoint of OUTPUT_DIR that loads is used instead (the bad file is left in
+  place); none that loads is a :class:`NoGoodCheckpointError`;
+* the temporary files of a writer that was killed are removed when the checkpointer starts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
+from ..utils import atomic_write, first_n, remove_stale_temporaries
 from . import mappings
 from .detect import (
     WeightsFile,
@@ -40,13 +56,18 @@ from .detect import (
     read_weights,
 )
 from .entry import WeightsEntry
-from .errors import BackboneMismatchError
+from .errors import (
+    BackboneMismatchError,
+    NoGoodCheckpointError,
+    NonFiniteWeightsError,
+    WeightsFormatError,
+)
 from .mappings import BACKBONE_FORMATS, BACKBONE_NAME, backbone_name, backbone_prefix, choose_family
 from .metadata import check_metadata, expected_metadata, has_bottlenecks
 from .place import BackboneReport, backbone_of_model, check_backbone, place
 from .resolve import catalog_entry_for, resolve, weights_path_manager
 
-__all__ = ["FamilyCheckpointer", "PreparedCheckpoint", "prepare_checkpoint"]
+__all__ = ["FamilyCheckpointer", "PreparedCheckpoint", "non_finite_tensors", "prepare_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +250,26 @@ def prepare_checkpoint(
     return PreparedCheckpoint(checkpoint, weights, family, report)
 
 
+def non_finite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of ``state`` that hold a NaN or an Inf."""
+    # A sum is finite only if every element is (NaN and Inf propagate), and costs a fifth of
+    # isfinite(t).all() on the CPU; a non-finite sum may be an overflow of finite values, so
+    # only those tensors are checked element by element.
+    return [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value.sum()))
+        and not bool(torch.isfinite(value).all())
+    ]
+
+
+def _non_finite_summary(names: list[str], state: Mapping[str, Any]) -> str:
+    floating = sum(isinstance(v, torch.Tensor) and v.is_floating_point() for v in state.values())
+    return f"{len(names)} of its {floating} floating-point tensors hold NaN or Inf ({first_n(names, 3)})"
+
+
 def _group(names: Iterable[str], depth: int = 2) -> str:
     counts = Counter(".".join(n.split(".")[:depth]) for n in names)
     return ", ".join(f"{prefix}.* ({count})" for prefix, count in sorted(counts.items()))
@@ -237,7 +278,10 @@ def _group(names: Iterable[str], depth: int = 2) -> str:
 class FamilyCheckpointer(DetectionCheckpointer):
     """detectron2's DetectionCheckpointer whose ``load`` runs :func:`prepare_checkpoint`:
     weights read safely, renamed from torchvision, timm, MSRA and our files to the model,
-    strict about the backbone and the config (see the module doc). Saving is detectron2's."""
+    strict about the backbone and the config, never loading NaN or Inf (see the module doc).
+
+    Its ``save`` writes atomically and refuses a non-finite model; its ``resume_or_load``
+    resumes from the newest checkpoint that loads (see :meth:`load_last_good`)."""
 
     def __init__(
         self,
@@ -261,6 +305,9 @@ class FamilyCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.cfg = cfg
         self.path_manager = weights_path_manager()
+        if self.save_dir and self.save_to_disk:
+            for path in remove_stale_temporaries(self.save_dir):
+                logger.info("Removed %s, the partial file of a write that was interrupted", path)
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         # Never detectron2's: it unpickles .pkl files with plain pickle. Our load() does not
@@ -275,6 +322,12 @@ class FamilyCheckpointer(DetectionCheckpointer):
         self.logger.info("[Checkpointer] Loading from %s ...", path)
         prepared = prepare_checkpoint(path, self.model, self.cfg)
         checkpoint = prepared.checkpoint
+        bad = non_finite_tensors(checkpoint["model"])
+        if bad:
+            raise NonFiniteWeightsError(
+                f"{path}: {_non_finite_summary(bad, checkpoint['model'])}; it was not loaded. "
+                "Weights from a run that diverged: use an earlier checkpoint of that run"
+            )
         incompatible = self._load_model(checkpoint)
         if prepared.weights.format in BACKBONE_FORMATS and incompatible is not None:
             heads = [n for n in incompatible.missing_keys if n not in prepared.report.backbone]
@@ -295,3 +348,131 @@ class FamilyCheckpointer(DetectionCheckpointer):
                 self.logger.info("Loading %s from %s ...", key, path)
                 self.checkpointables[key].load_state_dict(checkpoint.pop(key))
         return checkpoint
+
+    # --------------------------------------------------------------------------------------
+    # Saving: atomic, and never a non-finite model
+    # --------------------------------------------------------------------------------------
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Saves the model and the checkpointables (plus ``kwargs``) as ``save_dir/name.pth``,
+        as fvcore's ``save`` does, but atomically (see the module doc), then points
+        ``last_checkpoint`` at it.
+
+        Raises:
+            NonFiniteWeightsError: the model holds NaN or Inf; nothing is written. The message
+                names the iteration and the newest checkpoint to resume from.
+            DiskFullError: no room for the file; nothing is written under its name.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        data = {"model": self.model.state_dict()}
+        bad = non_finite_tensors(data["model"])
+        if bad:
+            raise NonFiniteWeightsError(self._refusal(save_file, bad, data["model"], kwargs))
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        with atomic_write(save_file) as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def _refusal(
+        self, save_file: str, bad: list[str], state: Mapping[str, Any], kwargs: Mapping[str, Any]
+    ) -> str:
+        iteration = kwargs.get("iteration")
+        if iteration is None and "trainer" in self.checkpointables:
+            iteration = getattr(self.checkpointables["trainer"], "iter", None)
+        when = f" at iteration {iteration}" if iteration is not None else ""
+        last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        if last and os.path.isfile(last):
+            resume = (
+                f"The newest good checkpoint is {last}: lower SOLVER.BASE_LR (or set "
+                "SOLVER.CLIP_GRADIENTS.ENABLED True) and rerun with --resume to continue from it"
+            )
+        else:
+            resume = (
+                "No checkpoint was saved before: lower SOLVER.BASE_LR (or set "
+                "SOLVER.CLIP_GRADIENTS.ENABLED True) and start the run again"
+            )
+        return (
+            f"training diverged{when}: the model's weights are not finite "
+            f"({_non_finite_summary(bad, state)}), so {save_file} was not written. {resume}"
+        )
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Points ``save_dir/last_checkpoint`` at ``last_filename_basename``, atomically: it
+        names the previous checkpoint or the new one, never a partial name or nothing."""
+        with atomic_write(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)
+
+    # --------------------------------------------------------------------------------------
+    # Resuming: from the newest checkpoint that loads
+    # --------------------------------------------------------------------------------------
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """detectron2's: with ``resume`` and a ``last_checkpoint`` in ``save_dir``, loads the
+        run's checkpoint with every checkpointable (:meth:`load_last_good`); else ``path``'s
+        model only."""
+        if resume and self.has_checkpoint():
+            return self.load_last_good()[1]
+        return self.load(path, checkpointables=[])
+
+    def load_last_good(
+        self, checkpointables: Optional[list[str]] = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Loads the checkpoint that ``last_checkpoint`` names, or where that one is torn or
+        holds NaN or Inf (or ``last_checkpoint`` is empty or names a missing file), the newest
+        ``.pth`` file of ``save_dir`` that loads, with a warning that names the bad file and its
+        problem. Bad files are left in place. Returns the path loaded and what :meth:`load`
+        returns.
+
+        Raises:
+            NoGoodCheckpointError: no checkpoint of ``save_dir`` loads; each one's problem is
+                named.
+            Any other error of :meth:`load` (weights that do not fit the model ...): the config
+                no longer fits the run; no other checkpoint is tried.
+        """
+        marker = os.path.join(self.save_dir, "last_checkpoint")
+        last = self.get_checkpoint_file()
+        problems = []
+        if last == self.save_dir or os.path.basename(last) == "":
+            problems.append(f"{marker} is empty (it names no checkpoint)")
+            last = ""
+        elif not os.path.isfile(last):
+            problems.append(
+                f"{marker} names {os.path.basename(last)!r}, which is not in {self.save_dir}"
+            )
+            last = ""
+        others = [
+            p
+            for p in self.get_all_checkpoint_files()
+            if os.path.abspath(p) != os.path.abspath(last or "")
+        ]
+        # The newest first: a run writes its checkpoints in the order of its iterations.
+        others.sort(key=lambda p: (os.path.getmtime(p), p), reverse=True)
+        for candidate in ([last] if last else []) + others:
+            try:
+                loaded = self.load(candidate, checkpointables)
+            except (WeightsFormatError, NonFiniteWeightsError) as e:
+                # Both messages start with the file's name; the problem is said once, after it.
+                detail = str(e).removeprefix(f"{candidate}: ")
+                if isinstance(e, WeightsFormatError):
+                    problems.append(f"{candidate} is torn or unreadable ({detail})")
+                else:
+                    problems.append(f"{candidate} is not finite: {detail.split('; ')[0]}")
+                continue
+            for problem in problems:
+                logger.warning(
+                    "%s; loaded %s instead, the newest checkpoint of %s that loads (bad files are "
+                    "left in place)",
+                    problem,
+                    candidate,
+                    self.save_dir,
+                )
+            return candidate, loaded
+        raise NoGoodCheckpointError(
+            f"no checkpoint in {self.save_dir} can be loaded: {'; '.join(problems)}. The files "
+            "are left in place. To start the run over, use a new OUTPUT_DIR (or move them "
+            "away) and run without --resume; to evaluate other weights, pass MODEL.WEIGHTS"
+        )

@@ -18,6 +18,11 @@ a failed download an ``OSError``.
     * :class:`UnsafeURLError` (``ValueError``): a URL weights may not be fetched from.
     * :class:`DownloadError` (``OSError``): a download failed
         * :class:`ChecksumError`: ... its SHA-256 is not the published one.
+    * :class:`NonFiniteWeightsError` (``ValueError``): a model or file whose weights hold NaN
+      or Inf (training diverged); nothing is saved or loaded.
+    * :class:`NoGoodCheckpointError` (``ValueError``): ``--resume`` or ``--eval-only`` found no
+      checkpoint in OUTPUT_DIR that loads (all torn or non-finite, or ``last_checkpoint``
+      empty or dangling and nothing else there).
     * :class:`MissingDependencyError` (``ImportError``): an optional package that the file or
       path needs is not installed (safetensors, huggingface_hub).
 """
@@ -31,6 +36,8 @@ __all__ = [
     "IncompatibleWeightsError",
     "MetadataMismatchError",
     "MissingDependencyError",
+    "NoGoodCheckpointError",
+    "NonFiniteWeightsError",
     "UnknownWeightsError",
     "UnsafeURLError",
     "UnsafeWeightsError",
@@ -86,6 +93,14 @@ class DownloadError(WeightsError, OSError):
 
 class ChecksumError(DownloadError):
     """A downloaded file's SHA-256 differs from the one it was published with."""
+
+
+class NonFiniteWeightsError(WeightsError, ValueError):
+    """Weights that hold NaN or Inf: a diverged model is not saved, and such a file not loaded."""
+
+
+class NoGoodCheckpointError(WeightsError, ValueError):
+    """No checkpoint of a run's OUTPUT_DIR can be loaded (each one's problem is named)."""
 
 
 class MissingDependencyError(WeightsError, ImportError):
