@@ -114,6 +114,15 @@ def launch(
             ``"auto"`` for several machines.
     """
     if started_by_torchrun():
+        if (num_gpus_per_machine, num_machines, machine_rank) != (1, 1, 0):
+            logger.warning(
+                "Started by torchrun: --num-gpus %d, --num-machines %d and --machine-rank %d are "
+                "ignored; torchrun's --nproc-per-node and --nnodes decide (WORLD_SIZE=%s here)",
+                num_gpus_per_machine,
+                num_machines,
+                machine_rank,
+                os.environ["WORLD_SIZE"],
+            )
         _run_under_torchrun(main_func, args, timeout)
         return
     if num_gpus_per_machine < 1 or num_machines < 1:
@@ -272,8 +281,9 @@ def naive_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     still holds them). torch's ``SyncBatchNorm`` refuses CPU tensors; the naive one all-reduces
     with ``differentiable_all_reduce``, which gloo runs.
 
-    Two differences from torch's: it takes 4-d inputs only (BatchNorm2d), and its
-    ``running_var`` is the biased variance (torch's, and BatchNorm's, the unbiased one).
+    Differences from torch's: it takes 4-d inputs only (BatchNorm2d), its ``running_var`` is
+    the biased variance (torch's, and BatchNorm's, the unbiased one), and it leaves
+    ``num_batches_tracked`` as it is (read only where ``momentum`` is None).
     """
     from detectron2.layers import NaiveSyncBatchNorm
 

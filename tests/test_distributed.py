@@ -72,16 +72,18 @@ def _tool_args(data, output_dir, opts=()):
     return ["--config", QUICKSTART, *dataset, *EQUALITY_OPTS, *opts, "OUTPUT_DIR", str(output_dir)]
 
 
-def _launch(num_processes, runs, cwd):
-    """``launch(train_recording_losses, num_processes)`` in a child process."""
+def _launch(plan, cwd):
+    """``launch(train_recording_losses, num_processes, args=(runs,))`` for each
+    ``(num_processes, runs)`` of ``plan`` in turn, in one child process (a run of 1 process
+    trains in that process itself, saving a Python start)."""
     code = (
         "import json, sys\n"
         "from resnet_backbones.launch import launch\n"
         "from tests.helpers import train_recording_losses\n"
-        "launch(train_recording_losses, int(sys.argv[1]), dist_url='auto',"
-        " args=(json.loads(sys.argv[2]),))\n"
+        "for num_processes, runs in json.loads(sys.argv[1]):\n"
+        "    launch(train_recording_losses, num_processes, dist_url='auto', args=(runs,))\n"
     )
-    cmd = [sys.executable, "-c", code, str(num_processes), json.dumps(runs)]
+    cmd = [sys.executable, "-c", code, json.dumps(plan)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=_env())
     assert proc.returncode == 0, proc.stderr[-5000:]
 
@@ -101,8 +103,7 @@ def test_two_processes_of_half_the_batch_equal_one_process(tmp_path, data):
         ]
         for n in (1, 2)
     }
-    _launch(1, runs[1], tmp_path)
-    _launch(2, runs[2], tmp_path)
+    _launch([(1, runs[1]), (2, runs[2])], tmp_path)
     for norm in NORM_OPTS:
         one = json.loads((tmp_path / f"{norm}_1" / "losses.json").read_text())
         two = json.loads((tmp_path / f"{norm}_2" / "losses.json").read_text())
@@ -274,3 +275,19 @@ def test_naive_sync_batchnorm_keeps_the_parameters_and_buffers():
     reference = torch.nn.BatchNorm2d(4)
     reference.load_state_dict(model[1].state_dict())
     torch.testing.assert_close(model[1](x), reference(x))
+
+
+def test_under_torchrun_the_launch_flags_are_ignored(monkeypatch, caplog):
+    """torchrun made the processes: launch() runs the function here (a world of one needs no
+    group) and says that --num-gpus does not apply."""
+    for name, value in zip(launch_module.TORCHRUN_VARIABLES, ("0", "1", "0")):
+        monkeypatch.setenv(name, value)
+    # detectron2's setup_logger stops "resnet_backbones" from propagating to the root logger.
+    launch_module.logger.addHandler(caplog.handler)
+    try:
+        calls = []
+        launch(calls.append, 2, args=("ran",))
+    finally:
+        launch_module.logger.removeHandler(caplog.handler)
+    assert calls == ["ran"]
+    assert "--num-gpus 2, --num-machines 1 and --machine-rank 0 are ignored" in caplog.text
