@@ -152,11 +152,14 @@ def _free_port():
 
 def test_two_machines_of_one_process_each_over_loopback(tmp_path, data):
     url = f"tcp://127.0.0.1:{_free_port()}"
+    # Then the distributed evaluation: each machine infers half the images, rank 0 scores them.
+    opts = ["SOLVER.MAX_ITER", "2", "DATASETS.TEST", "('own',)"]
+    opts += ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64"]
     procs = [
         subprocess.Popen(
             TOOL
             + ["--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url]
-            + _tool_args(data, tmp_path / f"machine{rank}", ["SOLVER.MAX_ITER", "2"]),
+            + _tool_args(data, tmp_path / f"machine{rank}", opts),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -175,6 +178,8 @@ def test_two_machines_of_one_process_each_over_loopback(tmp_path, data):
     rank1 = (tmp_path / "machine1/log.txt.rank1").read_text()
     assert "Rank of current process: 1. World size: 2" in rank1
     assert (tmp_path / "machine0/model_final.pth").is_file()
+    assert "Start inference on 4 batches" in outputs[0]  # 4 of the 8 images on each machine
+    assert "Evaluation results for bbox" in outputs[0]
     assert not (tmp_path / "machine1/model_final.pth").exists()
 
 
