@@ -189,7 +189,8 @@ def test_num_gpus_2_without_cuda_starts_two_processes_and_errors_in_one_line(tmp
     traceback."""
     out = tmp_path / "run"
     opts = ["DATASETS.TRAIN", "('not_registered',)"]
-    cmd = TOOL + ["--num-gpus", "2"] + _tool_args(data, out, opts)
+    # "auto": a free port (detectron2's default --dist-url is one fixed port per user).
+    cmd = TOOL + ["--num-gpus", "2", "--dist-url", "auto"] + _tool_args(data, out, opts)
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=_env()
     )
