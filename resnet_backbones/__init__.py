@@ -11,7 +11,9 @@
   ``Res5FamilyROIHeads``;
 * the model-zoo scheme ``resnet_backbones://NAME`` in detectron2's PathManager;
 * ``SOLVER.OPTIMIZER`` in detectron2's ``build_optimizer``, which ``DefaultTrainer`` calls, as
-  soon as ``detectron2.solver`` or ``detectron2.engine`` is imported (see :mod:`.solver`).
+  soon as ``detectron2.solver`` or ``detectron2.engine`` is imported (see :mod:`.solver`);
+* models on the CPU in detectron2's ``create_ddp_model``, which ``DefaultTrainer`` calls, as soon
+  as ``detectron2.engine`` is imported (see :mod:`.launch`).
 
 It does not import ``detectron2.data``, register datasets, choose a matplotlib backend or seed
 a random generator. The built-in datasets ``shapes_train`` and ``shapes_val`` are registered by
@@ -55,6 +57,15 @@ def _honour_solver_optimizer() -> None:
 when_imported("detectron2.solver.build", _honour_solver_optimizer)
 when_imported("detectron2.engine.defaults", _honour_solver_optimizer)
 
+
+# detectron2's create_ddp_model passes device_ids, which DistributedDataParallel refuses for a
+# model on the CPU: make it ours, which does not (and makes SyncBN run on gloo).
+def _wrap_cpu_models_in_ddp() -> None:
+    importlib.import_module("resnet_backbones.launch").install()
+
+
+when_imported("detectron2.engine.defaults", _wrap_cpu_models_in_ddp)
+
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported on first use.
@@ -77,8 +88,8 @@ _LAZY = {
 
 # Subpackages and modules, also reachable as attributes (``resnet_backbones.data``).
 _SUBMODULES = (
-    "api", "cli", "cli_errors", "complexity", "config", "data", "engine", "model_zoo", "modeling",
-    "presets", "solver", "train_net", "utils", "visualize", "weights",
+    "api", "cli", "cli_errors", "complexity", "config", "data", "engine", "launch", "model_zoo",
+    "modeling", "presets", "solver", "train_net", "utils", "visualize", "weights",
 )  # fmt: skip
 
 __all__ = [*_LAZY, *_SUBMODULES, "install_c_stand_in", "uses_c_stand_in"]

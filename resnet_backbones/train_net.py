@@ -12,6 +12,11 @@ COCOEvaluator (plain pycocotools where detectron2's compiled ops are missing). `
 be given more than once: the files are merged in order, a later one winning; trailing
 ``KEY VALUE`` pairs override them all. A GPU config runs on the CPU, with a warning, where CUDA
 is missing.
+
+``--num-gpus``, ``--num-machines``, ``--machine-rank`` and ``--dist-url`` are detectron2's, and
+work without CUDA too: ``--num-gpus N`` then starts N CPU processes joined with gloo (see
+:func:`resnet_backbones.launch.launch`). Started by ``torchrun``, each process joins torchrun's
+group instead and these four options are ignored.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import resnet_backbones  # noqa: F401
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.engine import DefaultPredictor, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultPredictor, default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -48,6 +53,7 @@ from .engine import (
     load_config,
     use_cpu_if_no_cuda,
 )
+from .launch import LaunchError, launch, starts_processes
 from .model_zoo import resolve_config_file
 from .output_dir import OutputDirInUseError, PreviousRunError
 from .resume import TrainingError
@@ -71,7 +77,8 @@ class NothingToEvaluateError(FileNotFoundError):
 # unsafe, unreadable, non-finite or do not fit, a download that failed, and no checkpoint to
 # resume from (resnet_backbones.weights.errors); DiskFullError: no room for a checkpoint or
 # metrics; the OUTPUT_DIR errors (resnet_backbones.output_dir); TrainingError: a non-finite loss
-# or an out-of-memory step (resnet_backbones.resume).
+# or an out-of-memory step (resnet_backbones.resume); LaunchError: --num-gpus, --num-machines,
+# --machine-rank or --dist-url that make no run.
 _INPUT_ERRORS = (
     ConfigError,
     DatasetFormatError,
@@ -80,11 +87,16 @@ _INPUT_ERRORS = (
     NothingToEvaluateError,
     NumClassesError,
     FileNotFoundError,
+    LaunchError,
     WeightsError,
     OutputDirInUseError,
     PreviousRunError,
     TrainingError,
 )
+
+# The exit status of a process started by launch() that stopped at one of _INPUT_ERRORS, having
+# printed it: the command maps it to 1 (EX_DATAERR, from BSD's sysexits.h).
+_INPUT_ERROR_STATUS = 65
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -200,6 +212,23 @@ def run(args: argparse.Namespace):
     return results
 
 
+def _run_in_started_process(args: argparse.Namespace):
+    """:func:`run` in a process that :func:`launch` started: one of ``_INPUT_ERRORS`` is
+    printed as one line here, and the process exits with ``_INPUT_ERROR_STATUS``, which
+    :func:`main` turns into 1 (torch.multiprocessing would print the whole traceback). With
+    ``--traceback`` the error propagates, and torch.multiprocessing shows its traceback.
+
+    It exits at once (``os._exit``, after flushing the logs): a normal exit would first wait
+    seconds for gloo to take down a process group the other processes still hold."""
+    try:
+        return run(args)
+    except _INPUT_ERRORS as e:
+        report_user_error(e, f"error: {type(e).__name__}: {e}", 1, traceback=args.traceback)
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(_INPUT_ERROR_STATUS)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """detectron2's arguments (``--eval-only``, ``--resume``, ``--num-gpus`` ...) and ours;
     ``config_files`` lists the ``--config`` files in order (``config_file`` is the last)."""
@@ -258,26 +287,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dataset, image or weights file missing or malformed, weights that do not fit or are not
     finite (a diverged run), nothing to evaluate or resume from, a full disk, an OUTPUT_DIR in use
     or holding a previous run, a non-finite loss or an out-of-memory step, or a number of classes
-    that is not the data's (with ``--num-gpus`` above 1, the worker processes' errors come back as
-    torch.multiprocessing prints them). With ``--traceback`` or ``RESNET_BACKBONES_TRACEBACK=1``,
-    such an error propagates instead, with its traceback (see :mod:`resnet_backbones.cli_errors`)."""
+    that is not the data's (raised in any of the ``--num-gpus`` processes). With ``--traceback``
+    or ``RESNET_BACKBONES_TRACEBACK=1``, such an error propagates instead, with its traceback
+    (see :mod:`resnet_backbones.cli_errors`)."""
     args = parse_args(argv)
-    if args.num_gpus > 1 and not torch.cuda.is_available():
-        logger.warning(
-            "--num-gpus %d asked for, but CUDA is not available; running one process on the CPU.",
-            args.num_gpus,
-        )
-        args.num_gpus = 1
     print("Command Line Args:", args, file=sys.stderr)
+    worker = _run_in_started_process if starts_processes(args.num_gpus, args.num_machines) else run
     try:
-        launch(
-            run,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+        try:
+            launch(
+                worker,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
+        except torch.multiprocessing.ProcessExitedException as e:
+            if e.exit_code != _INPUT_ERROR_STATUS:
+                raise
+            return 1  # the process has printed the error
     except _INPUT_ERRORS as e:
         return report_user_error(e, f"error: {type(e).__name__}: {e}", 1, traceback=args.traceback)
     return 0

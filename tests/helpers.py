@@ -148,9 +148,10 @@ def tiny_shapes():
     return "shapes_tiny_train", "shapes_tiny_val"
 
 
-def write_coco_folder(folder, num_images=4, size=64):
+def write_coco_folder(folder, num_images=4, size=64, boxes_per_image=None):
     """A user's own COCO-format data: ``folder/images/*.png`` (``size`` px, one or two filled
-    boxes each) and ``folder/annotations.json`` with two categories; returns ``folder``."""
+    boxes each, or ``boxes_per_image``) and ``folder/annotations.json`` with two categories (a
+    box's category is 1 + its index in the image, capped at 2); returns ``folder``."""
     import json
     from pathlib import Path
 
@@ -163,12 +164,13 @@ def write_coco_folder(folder, num_images=4, size=64):
     for index in range(num_images):
         image = Image.fromarray(rng.integers(0, 80, (size, size, 3), dtype=np.uint8))
         draw = ImageDraw.Draw(image)
-        for k in range(1 + index % 2):
+        for k in range(boxes_per_image or 1 + index % 2):
             w, h = (int(v) for v in rng.integers(size // 4, size // 2, 2))
             x, y = (int(v) for v in rng.integers(0, size - max(w, h), 2))
-            draw.rectangle([x, y, x + w - 1, y + h - 1], fill=(220, 40 + 160 * k, 40))
+            category = min(k, 1)
+            draw.rectangle([x, y, x + w - 1, y + h - 1], fill=(220, 40 + 160 * category, 40))
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": index + 1, "category_id": k + 1,
+                {"id": len(annotations) + 1, "image_id": index + 1, "category_id": category + 1,
                  "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
             )  # fmt: skip
         image.save(folder / "images" / f"{index}.png")
@@ -205,6 +207,35 @@ def tiny_cfg(output_dir, train, val, max_iter=2):
             "OUTPUT_DIR", str(output_dir),
         ],
     )  # fmt: skip
+
+
+def train_recording_losses(runs):
+    """Each run in ``runs`` (a list of argument lists for the train tool) through the tool's
+    ``setup`` and the Trainer, in this process of a launch (see resnet_backbones.launch). The
+    main process writes ``OUTPUT_DIR/losses.json``: every loss of every iteration, as the event
+    storage holds it (the mean over the processes), and the world size."""
+    import json
+
+    from detectron2.utils import comm
+
+    from resnet_backbones import train_net
+    from resnet_backbones.engine import Trainer
+
+    for argv in runs:
+        cfg = train_net.setup(train_net.parse_args(argv))
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        if comm.is_main_process():
+            histories = trainer.storage.histories()
+            losses = {
+                name: [value for value, _ in history.values()]
+                for name, history in histories.items()
+                if "loss" in name
+            }
+            record = {"world_size": comm.get_world_size(), "losses": losses}
+            with open(os.path.join(cfg.OUTPUT_DIR, "losses.json"), "w") as f:
+                json.dump(record, f)
 
 
 # ------------------------------------------------------------------------------------------
