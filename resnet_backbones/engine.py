@@ -21,6 +21,7 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from detectron2.utils.events import JSONWriter
 
 from . import solver
 from ._compat import uses_c_stand_in
@@ -36,6 +37,7 @@ from .data.validate import (
     validated_dataset_dicts,
     validation_reports,
 )
+from .events import AtomicJSONWriter
 from .output_dir import claim_output_dir, release
 from .resume import (
     RNGStates,
@@ -423,6 +425,7 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
         register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
         self._output_lock = None
+        self._metrics = None  # the metrics writer, made in the main process only
         # Every dataset of the run checked before the first iteration: the test sets too, which
         # detectron2 would first read after training (validate.py; cached for the loaders).
         settings = ValidationSettings.from_config(cfg)
@@ -446,6 +449,22 @@ class Trainer(DefaultTrainer):
         loader = self._trainer.data_loader
         if isinstance(loader, ResumableTrainLoader):
             loader.start_iter = self.start_iter
+        if self._metrics is not None:
+            # The lines of iterations this run trains (again): none left from a new run's
+            # predecessor, none repeated after a resume.
+            self._metrics.drop_after(self.start_iter - 1)
+
+    def build_writers(self):
+        """detectron2's writers, with ``metrics.json`` written by
+        :class:`~resnet_backbones.events.AtomicJSONWriter` (atomically, never torn)."""
+        writers = [
+            AtomicJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))
+            if isinstance(w, JSONWriter)
+            else w
+            for w in super().build_writers()
+        ]
+        self._metrics = next((w for w in writers if isinstance(w, AtomicJSONWriter)), None)
+        return writers
 
     def train(self):
         """detectron2's; OUTPUT_DIR is released at the end (see :meth:`resume_or_load`)."""

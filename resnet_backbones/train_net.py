@@ -22,6 +22,7 @@ group instead and these four options are ignored.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -42,7 +43,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .cli_errors import add_traceback_argument, report_user_error
+from .cli_errors import add_traceback_argument, report_user_error, traceback_wanted
 from .data import DatasetFormatError, DatasetNotFoundError, register_config_datasets
 from .data.coco_format import COCO_FORMAT_KEY, resolve_config_paths
 from .engine import (
@@ -206,10 +207,40 @@ def run(args: argparse.Namespace):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume, overwrite=args.overwrite)
-    results = trainer.train()
+    with _expected_errors_without_traceback(args.traceback):
+        results = trainer.train()
     if comm.is_main_process():
         write_pictures(cfg, trainer.model, args.visualize, title)
     return results
+
+
+class _UserErrorWithoutTraceback(logging.Filter):
+    """Drops the traceback from detectron2's "Exception during training:" log record where the
+    exception is one of ``_INPUT_ERRORS`` (a non-finite loss, a full disk ...): the command then
+    reports it in one line, and the log says only that training stopped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, _INPUT_ERRORS):
+            record.msg, record.args = "Training stopped: %s: %s", (type(error).__name__, error)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+@contextlib.contextmanager
+def _expected_errors_without_traceback(traceback: bool):
+    """Within it, detectron2's training loop logs an expected error without its traceback
+    (unless ``traceback``: ``--traceback`` or ``RESNET_BACKBONES_TRACEBACK=1``)."""
+    if traceback_wanted(traceback):
+        yield
+        return
+    train_loop_logger = logging.getLogger("detectron2.engine.train_loop")
+    quiet = _UserErrorWithoutTraceback()
+    train_loop_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        train_loop_logger.removeFilter(quiet)
 
 
 def _run_in_started_process(args: argparse.Namespace):

@@ -248,6 +248,9 @@ def test_non_finite_loss_stops_and_names_the_checkpoint_to_resume(
     ]
     state = torch.load(tmp_path / "model_0000001.pth", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    log = (tmp_path / "log.txt").read_text()  # the log says why, without a traceback
+    assert "Training stopped: NonFiniteLossError: the loss became non-finite" in log
+    assert "Traceback" not in log
 
 
 def test_out_of_memory_names_the_batch_and_the_keys_to_lower(
