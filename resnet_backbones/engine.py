@@ -42,6 +42,7 @@ from .output_dir import claim_output_dir, release
 from .resume import (
     RNGStates,
     capture_rng_state,
+    is_checkpoint_iteration,
     non_finite_loss_error,
     out_of_memory_error,
     restore_rng_state,
@@ -403,6 +404,19 @@ def check_num_classes(cfg: CfgNode, names: Sequence[str]) -> None:
             )
 
 
+class _MetricsAtCheckpoints(hooks.HookBase):
+    """Writes ``metrics.json`` just before each checkpoint (detectron2 writes it every 20
+    iterations): a run killed after the checkpoint, and resumed from it, then has the metrics of
+    every iteration up to it, and writes those after it again."""
+
+    def __init__(self, writer: AtomicJSONWriter, period: int):
+        self.writer, self.period = writer, period
+
+    def after_step(self) -> None:
+        if is_checkpoint_iteration(self.trainer.iter, self.period, self.trainer.max_iter):
+            self.writer.write()
+
+
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with COCO evaluation on pycocotools, loading MODEL.WEIGHTS
     with :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer`, the built-in datasets
@@ -467,8 +481,20 @@ class Trainer(DefaultTrainer):
         return writers
 
     def train(self):
-        """detectron2's; OUTPUT_DIR is released at the end (see :meth:`resume_or_load`)."""
+        """detectron2's; OUTPUT_DIR is released at the end (see :meth:`resume_or_load`).
+
+        A run resumed after its last iteration (killed while it wrote ``model_final.pth``)
+        writes ``model_final.pth`` from the checkpoint of that iteration, which holds the same
+        state, and then evaluates as a finished run does."""
         try:
+            final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+            if (
+                self.start_iter >= self.max_iter > 0
+                and comm.is_main_process()
+                and not os.path.exists(final)
+            ):
+                logger.info("Writing %s, which the interrupted run had not finished", final)
+                self.checkpointer.save("model_final", iteration=self.iter)
             return super().train()
         finally:
             release(self._output_lock)
@@ -521,6 +547,8 @@ class Trainer(DefaultTrainer):
             (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)), len(ret)
         )
         ret.insert(at, self._rng_states)
+        if self._metrics is not None:
+            ret.insert(at, _MetricsAtCheckpoints(self._metrics, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         reports = validation_reports(self.cfg, self.cfg.DATASETS.TRAIN, is_train=True)
         return ret + [ValidationReportHook(reports)]
 

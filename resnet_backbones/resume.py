@@ -36,6 +36,7 @@ __all__ = [
     "TrainingError",
     "TrainingOutOfMemoryError",
     "capture_rng_state",
+    "is_checkpoint_iteration",
     "non_finite_loss_error",
     "out_of_memory_error",
     "restore_rng_state",
@@ -68,6 +69,12 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def is_checkpoint_iteration(iteration: int, period: int, max_iter: int) -> bool:
+    """Whether detectron2's ``PeriodicCheckpointer`` saves after ``iteration``: every ``period``
+    iterations, and ``model_final`` after the last one."""
+    return (iteration + 1) % period == 0 or iteration >= max_iter - 1
+
+
 class RNGStates(HookBase):
     """Captures the generators of every process at the iterations a checkpoint is written, for
     the trainer's ``state_dict`` (only the main process writes checkpoints, so the other
@@ -88,7 +95,7 @@ class RNGStates(HookBase):
         if comm.get_world_size() == 1:
             return  # state_dict captures this one process's generators itself
         iteration = self.trainer.iter
-        if (iteration + 1) % self.period == 0 or iteration >= self.trainer.max_iter - 1:
+        if is_checkpoint_iteration(iteration, self.period, self.trainer.max_iter):
             self.states = comm.all_gather(capture_rng_state())
             self.iteration = iteration
 

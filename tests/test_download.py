@@ -228,7 +228,7 @@ def test_a_server_that_never_answers_times_out(tmp_path):
     assert _files(tmp_path) == []
 
 
-def test_ctrl_c_during_a_download_leaves_no_part_file(trickle, tmp_path, monkeypatch):
+def test_ctrl_c_during_a_download_leaves_no_temporary_file(trickle, tmp_path, monkeypatch):
     # Ctrl-C is SIGINT to the main thread, where the download reads; it must be the main thread.
     assert threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -245,12 +245,12 @@ def test_ctrl_c_during_a_download_leaves_no_part_file(trickle, tmp_path, monkeyp
     assert _files(tmp_path) == []
 
 
-def test_part_files_of_killed_downloads_are_removed_on_the_next_start(server, tmp_path, caplog):
+def test_temporaries_of_killed_downloads_are_removed_on_the_next_start(server, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="resnet_backbones.weights.download")
     url = server.url("/models/r18.pth")
     folder, name = os.path.split(cache_path(url, str(tmp_path)))
     os.makedirs(folder)
-    killed, live, fresh = (os.path.join(folder, f".{name}.{k}.part") for k in ("k1", "l2", "f3"))
+    killed, live, fresh = (os.path.join(folder, f".{name}.tmp-{k}") for k in ("1-k", "2-l", "3-f"))
     for part in (killed, live, fresh):
         with open(part, "wb") as f:
             f.write(b"partial")

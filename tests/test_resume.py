@@ -266,3 +266,20 @@ def test_out_of_memory_names_the_batch_and_the_keys_to_lower(
     assert "a batch of 2 images of" in err and "64x64 px" in err
     assert "SOLVER.IMS_PER_BATCH (now 2" in err and "INPUT.MAX_SIZE_TRAIN (now 64)" in err
     assert "model_0000000.pth" in err
+
+
+def test_a_kill_while_writing_model_final_is_finished_by_resume(tmp_path, own_data):
+    """A run killed while it wrote model_final.pth has its last iteration's checkpoint, and
+    --resume writes model_final.pth from it instead of exiting with no final model."""
+    assert main(_args(own_data, tmp_path, max_iter=2)) == 0
+    os.remove(tmp_path / "model_final.pth")  # as after a kill during its write
+    (tmp_path / ".model_final.pth.tmp-999999-x").write_bytes(b"torn")
+    lines = (tmp_path / "metrics.json").read_text().splitlines()
+    assert '"total_loss"' in lines[-1] and '"iteration": 1' in lines[-1]
+    assert main(["--resume", *_args(own_data, tmp_path, max_iter=2)]) == 0
+    final = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    last = torch.load(tmp_path / "model_0000001.pth", weights_only=True)
+    assert final["iteration"] == last["iteration"] == 1
+    assert all(torch.equal(final["model"][k], v) for k, v in last["model"].items())
+    assert not (tmp_path / ".model_final.pth.tmp-999999-x").exists()
+    assert (tmp_path / "metrics.json").read_text().splitlines() == lines

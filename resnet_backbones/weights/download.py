@@ -10,7 +10,7 @@ when no byte arrives for ``timeout`` seconds, when fewer than ``min_rate`` bytes
 arrive over ``rate_window`` seconds, or (if set) after ``max_time`` seconds in all. Each limit is
 also read from the environment (:data:`TIMEOUT_ENV`, :data:`MIN_RATE_ENV`,
 :data:`RATE_WINDOW_ENV`, :data:`MAX_TIME_ENV`). Progress is logged every ``progress_every``
-seconds, also while no byte arrives. The temporary ``.part`` file is removed on any error and
+seconds, also while no byte arrives. The temporary file (``.NAME.tmp-PID-XXXX``) is removed on any error and
 on Ctrl-C; one left by a killed process is removed by the next download of the same file.
 """
 
@@ -36,7 +36,7 @@ from typing import IO, Optional
 
 try:
     import fcntl
-except ImportError:  # Windows: no flock, so no way to tell a live .part file from a stale one
+except ImportError:  # Windows: no flock, so no way to tell a live temporary file from a stale one
     fcntl = None  # type: ignore[assignment]
 
 from ..utils import atomic_write, cache_root
@@ -72,7 +72,7 @@ RATE_WINDOW_ENV = "RESNET_BACKBONES_DOWNLOAD_RATE_WINDOW"
 MAX_TIME_ENV = "RESNET_BACKBONES_DOWNLOAD_MAX_TIME"
 
 _CHUNK = 1 << 20
-# A .part file nobody holds a lock on is a dead process's only once it is this old: a live
+# A temporary file nobody holds a lock on is a dead process's only once it is this old: a live
 # download creates its file a moment before it locks it.
 _STALE_PART_AGE_S = 10.0
 _HEX = re.compile(r"[0-9a-f]+")
@@ -413,16 +413,17 @@ def _fetch(url: str, out: IO[bytes], limits: DownloadLimits) -> str:
 
 
 def _remove_stale_parts(path: str) -> None:
-    """Removes the ``.part`` files of downloads of ``path`` whose process is gone.
+    """Removes the temporary files (``.NAME.tmp-PID-XXXX``, from
+    :func:`~resnet_backbones.utils.atomic_write`) of downloads of ``path`` whose process is gone.
 
-    A download holds an exclusive ``flock`` on its ``.part`` file, which the kernel releases
+    A download holds an exclusive ``flock`` on its temporary file, which the kernel releases
     when the process dies, even by SIGKILL; a file that can be locked, and is older than a few
     seconds, belongs to no live download.
     """
     if fcntl is None:
         return
     folder, name = os.path.split(path)
-    for part in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.part")):
+    for part in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.tmp-*")):
         try:
             if time.time() - os.path.getmtime(part) < _STALE_PART_AGE_S:
                 continue
@@ -487,9 +488,9 @@ def download(
 
     _remove_stale_parts(path)
     try:
-        # atomic_write removes its .part file on any exception, KeyboardInterrupt included.
+        # atomic_write removes its temporary file on any exception, KeyboardInterrupt included.
         with atomic_write(path) as out:
-            if fcntl is not None:  # marks the .part file as a live download's
+            if fcntl is not None:  # marks the temporary file as a live download's
                 fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             digest = _fetch(url, out, limits)
             problem = _hash_problem(digest, sha256, sha256_prefix)
