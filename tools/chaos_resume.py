@@ -2,18 +2,20 @@
 """Kill a training run with SIGKILL at K random moments, resume it each time, and check that it
 ends exactly where an uninterrupted run ends.
 
-    python tools/chaos_resume.py --config CONFIG --kills 10 [KEY VALUE ...]
+    python tools/chaos_resume.py --config CONFIG --kills 10 [--dataset NAME JSON ROOT] [KEY VALUE ...]
 
 1. Trains the config straight through into ``WORKDIR/straight``.
 2. Trains it again into ``WORKDIR/chaos``, with ``--resume`` every time, killing the process
    (SIGKILL: no cleanup, no handler) K times. Each kill is at a random moment of one of two
-   kinds, alternating: during a checkpoint write (as soon as a temporary checkpoint file
-   appears), or between writes (a random delay after the run has made progress).
+   kinds, alternating: between writes (a random delay of up to 1.5 s after the run has made
+   progress), or during a checkpoint write (as soon as a temporary checkpoint file appears;
+   where the temporary is still there after the kill, the write was torn).
 3. Lets the last ``--resume`` run to the end, and compares the two ``model_final.pth``: every
    model tensor and every optimizer-state tensor must be bitwise equal.
 
-Prints one line per kill (its kind, the checkpoint it left behind) and a JSON summary; exits 1
-where the weights differ or a run failed. Use a config whose checkpoint period is short
+Prints one line per kill (its kind, the checkpoint it left behind) and a JSON summary (kills,
+kills during writes, writes torn, temporaries left at the end, tensors compared, bitwise
+equality); exits 1 where the weights differ, a run failed or a temporary file is left. Use a config whose checkpoint period is short
 (``SOLVER.CHECKPOINT_PERIOD 1``) so that every kill finds something to resume from;
 ``tests/test_resume.py`` runs it with a small K on a tiny config.
 """
@@ -84,13 +86,15 @@ def run_and_kill(
     """Starts ``command``, kills it at a moment of ``kind`` ("write" or "step"), returns what
     happened (``killed`` False where the run ended first)."""
     before = _progress(output_dir)
+    # Left by the previous kill (the new process deletes them as it starts): not a write of this one.
+    stale = set(_temporaries(output_dir))
     with open(log, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
     start = time.monotonic()
     moment = None
     delay = rng.uniform(0.0, 1.5)
     while process.poll() is None and time.monotonic() - start < timeout:
-        if kind == "write" and _temporaries(output_dir):
+        if kind == "write" and set(_temporaries(output_dir)) - stale:
             moment = "during a checkpoint write"
             break
         if kind == "step" and _progress(output_dir) != before:
@@ -104,14 +108,14 @@ def run_and_kill(
         process.kill()
         process.wait()
         raise RuntimeError(f"the run made no progress in {timeout:.0f} s (see {log})")
-    temporaries = _temporaries(output_dir)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     return {
         "kind": kind,
         "killed": True,
         "moment": moment,
-        "temporaries_at_kill": temporaries,
+        # A temporary left behind: the kill tore a write (which nothing reads).
+        "torn_temporaries": sorted(set(_temporaries(output_dir)) - stale),
         "last_checkpoint_after": _last_checkpoint(output_dir),
     }
 
@@ -200,6 +204,7 @@ def chaos_resume(
     summary = {
         "kills": sum(e["killed"] for e in events),
         "kills_during_writes": sum(e["killed"] and e["kind"] == "write" for e in events),
+        "writes_torn": sum(bool(e.get("torn_temporaries")) for e in events),
         "final_returncode": final.returncode,
         "leftover_temporaries": _temporaries(chaos),
         "events": events,
