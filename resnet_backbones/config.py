@@ -34,6 +34,7 @@ from .utils import ArgumentNames, check_choice, config_get
 
 __all__ = [
     "BASE_CONFIGS",
+    "ConfigError",
     "FPN_BACKBONES",
     "MissingConfigKeysError",
     "OPTIMIZERS",
@@ -134,6 +135,14 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
     if "EXIF_BOXES" not in cfg.DATASETS:
         cfg.DATASETS.EXIF_BOXES = "auto"
     return cfg
+
+
+class ConfigError(ValueError):
+    """A config file or ``KEY VALUE`` override that detectron2's config cannot take: invalid
+    YAML, a file that is not a mapping of keys, a missing or circular ``_BASE_``, an unknown key
+    or a value of the wrong type (``resnet_backbones.engine.load_config``), or a value our code
+    does not accept. The message is one line naming the file (or the override), the key and what
+    to write instead."""
 
 
 class MissingConfigKeysError(AttributeError):

@@ -25,7 +25,7 @@ from detectron2.utils.events import JSONWriter
 
 from . import solver
 from ._compat import uses_c_stand_in
-from .config import add_resnet_backbones_config
+from .config import ConfigError, add_resnet_backbones_config
 from .data import DatasetNotFoundError, register_config_datasets, register_datasets
 from .data.coco_format import HOW_TO_REGISTER, config_source_dir, resolve_config_paths
 from .data.loader import ResumableTrainLoader
@@ -38,7 +38,7 @@ from .data.validate import (
     validation_reports,
 )
 from .events import AtomicJSONWriter
-from .output_dir import claim_output_dir, release
+from .output_dir import claim_output_dir_everywhere, release
 from .resume import (
     RNGStates,
     capture_rng_state,
@@ -47,7 +47,7 @@ from .resume import (
     out_of_memory_error,
     restore_rng_state,
 )
-from .utils import config_get, first_n
+from .utils import config_get, first_n, remove_stale_temporaries
 from .weights.checkpoint import FamilyCheckpointer
 
 __all__ = [
@@ -65,13 +65,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config file or ``KEY VALUE`` override that detectron2's config cannot take: invalid
-    YAML, a file that is not a mapping of keys, a missing or circular ``_BASE_``, an unknown key
-    or a value of the wrong type. The message is one line naming the file (or the override), the
-    key and what to write instead."""
 
 
 # yacs' messages, the only place its merge names the key at fault (yacs 0.1.8 is its last
@@ -455,11 +448,19 @@ class Trainer(DefaultTrainer):
         start a new run (``resume`` False) over a previous one unless ``overwrite``, and any run
         while another one trains there (see :func:`resnet_backbones.output_dir.claim_output_dir`).
         The training loader starts at the resumed iteration."""
-        if comm.is_main_process() and self._output_lock is None:
-            self._output_lock = claim_output_dir(
-                self.cfg.OUTPUT_DIR, resume=resume, overwrite=overwrite
-            )
-        super().resume_or_load(resume=resume)
+        self._output_lock = claim_output_dir_everywhere(
+            self.cfg.OUTPUT_DIR, resume=resume, overwrite=overwrite
+        )
+        if self._output_lock is not None:
+            # This run holds OUTPUT_DIR: a temporary file there is a killed writer's.
+            for path in remove_stale_temporaries(self.cfg.OUTPUT_DIR):
+                logger.info("Removed %s, the partial file of a write that was interrupted", path)
+        try:
+            super().resume_or_load(resume=resume)
+        except BaseException:
+            release(self._output_lock)
+            self._output_lock = None
+            raise
         loader = self._trainer.data_loader
         if isinstance(loader, ResumableTrainLoader):
             loader.start_iter = self.start_iter
@@ -471,12 +472,11 @@ class Trainer(DefaultTrainer):
     def build_writers(self):
         """detectron2's writers, with ``metrics.json`` written by
         :class:`~resnet_backbones.events.AtomicJSONWriter` (atomically, never torn)."""
-        writers = [
-            AtomicJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))
-            if isinstance(w, JSONWriter)
-            else w
-            for w in super().build_writers()
-        ]
+        writers = super().build_writers()
+        for i, writer in enumerate(writers):
+            if isinstance(writer, JSONWriter):
+                writer.close()
+                writers[i] = AtomicJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))
         self._metrics = next((w for w in writers if isinstance(w, AtomicJSONWriter)), None)
         return writers
 
@@ -541,10 +541,14 @@ class Trainer(DefaultTrainer):
         )
         ret = super().build_hooks()
         # The generators are captured after the LR scheduler and PreciseBN, just before the
-        # checkpointer writes them (detectron2's hooks draw no random numbers after it).
+        # checkpointer writes them (detectron2's hooks draw no random numbers after it), at the
+        # same place in every process (the other processes have no checkpointer: before the
+        # evaluation, whose collectives must not interleave with the capture's all_gather).
         self._rng_states = RNGStates(self.cfg.SOLVER.CHECKPOINT_PERIOD)
         at = next(
-            (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)), len(ret)
+            i
+            for i, h in enumerate(ret)
+            if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))
         )
         ret.insert(at, self._rng_states)
         if self._metrics is not None:
@@ -594,6 +598,12 @@ class Trainer(DefaultTrainer):
             check_num_classes(cfg, cfg.DATASETS.TRAIN)
             return loader
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
+        world_size = comm.get_world_size()
+        if cfg.SOLVER.IMS_PER_BATCH % world_size:
+            raise ConfigError(
+                f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is the batch of all "
+                f"{world_size} processes together and must be a multiple of {world_size}"
+            )
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return ResumableTrainLoader(
             dataset_dicts,
@@ -640,7 +650,7 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
         evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco")
         if evaluator_type != "coco":
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; this trainer "
                 "evaluates box detection with COCOEvaluator only (valid: 'coco')"
             )

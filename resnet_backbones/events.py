@@ -43,7 +43,9 @@ class AtomicJSONWriter(EventWriter):
         """
         self.json_file = json_file
         self._window_size = window_size
-        self._last_write = -1
+        # The last iteration written of each scalar: a scalar put at an iteration already written
+        # (an evaluation's, after the write at a checkpoint) joins that iteration's line.
+        self._written: dict[str, int] = {}
         # (iteration, line): each line serialised once; a write joins them.
         self._lines: list[tuple[int, str]] = self._read(json_file)
 
@@ -82,7 +84,7 @@ class AtomicJSONWriter(EventWriter):
             )
             self._lines = kept
             self._save()
-        self._last_write = min(self._last_write, iteration)
+        self._written = {k: min(v, iteration) for k, v in self._written.items()}
 
     def write(self) -> None:
         storage = get_event_storage()
@@ -90,14 +92,22 @@ class AtomicJSONWriter(EventWriter):
         for name, (value, iteration) in storage.latest_with_smoothing_hint(
             self._window_size
         ).items():
-            if iteration > self._last_write:  # scalars not written yet
+            if iteration > self._written.get(name, -1):  # not written yet
                 to_save[iteration][name] = value
+                self._written[name] = iteration
         if not to_save:
             return
-        self._last_write = max(to_save)
         for iteration in sorted(to_save):
-            record = {**to_save[iteration], "iteration": iteration}
-            self._lines.append((iteration, json.dumps(record, sort_keys=True) + "\n"))
+            at = next(
+                (k for k in range(len(self._lines) - 1, -1, -1) if self._lines[k][0] == iteration),
+                None,
+            )
+            if at is None:
+                record = {**to_save[iteration], "iteration": iteration}
+                self._lines.append((iteration, json.dumps(record, sort_keys=True) + "\n"))
+            else:
+                record = {**json.loads(self._lines[at][1]), **to_save[iteration]}
+                self._lines[at] = (iteration, json.dumps(record, sort_keys=True) + "\n")
         self._save()
 
     def _save(self) -> None:

@@ -23,11 +23,20 @@ import socket
 import time
 from typing import IO, Optional
 
-__all__ = ["OutputDirInUseError", "PreviousRunError", "claim_output_dir", "previous_run_files"]
+__all__ = [
+    "OutputDirInUseError",
+    "PreviousRunError",
+    "claim_output_dir",
+    "claim_output_dir_everywhere",
+    "previous_run_files",
+    "release",
+]
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".run.lock"
+# The locks this process holds, by real path: claiming a folder twice returns the same lock.
+_HELD: dict[str, IO[str]] = {}
 # A previous run's state: what --resume reads, and the metrics a new run would mix into (the
 # trainer creates an empty metrics.json, and its TensorBoard file, before it is told whether it
 # resumes: those do not count).
@@ -85,17 +94,24 @@ def claim_output_dir(output_dir: str, *, resume: bool, overwrite: bool = False) 
         overwrite: a new run replaces the previous one: its checkpoints and ``last_checkpoint``
             are deleted, ``metrics.json`` emptied (``--overwrite``).
 
+    A folder this process holds already is not checked again: its lock is returned.
+
     Raises:
         OutputDirInUseError: another process holds the lock.
         PreviousRunError: a previous run is there and neither ``resume`` nor ``overwrite``.
     """
+    key = os.path.realpath(output_dir)
+    held = _HELD.get(key)
+    if held is not None and not held.closed:
+        return held
     os.makedirs(output_dir, exist_ok=True)
     lock = _lock(output_dir)
+    _HELD[key] = lock
     if resume:
         return lock
     previous = previous_run_files(output_dir)
     if previous and not overwrite:
-        lock.close()
+        release(lock)
         names = ", ".join(os.path.basename(p) for p in previous[:5])
         more = f" and {len(previous) - 5} more" if len(previous) > 5 else ""
         raise PreviousRunError(
@@ -117,5 +133,31 @@ def claim_output_dir(output_dir: str, *, resume: bool, overwrite: bool = False) 
 
 def release(lock: Optional[IO[str]]) -> None:
     """Releases a :func:`claim_output_dir` lock (closing the file drops it)."""
-    if lock is not None and not lock.closed:
+    if lock is None:
+        return
+    for key in [k for k, held in _HELD.items() if held is lock]:
+        del _HELD[key]
+    if not lock.closed:
         lock.close()
+
+
+def claim_output_dir_everywhere(
+    output_dir: str, *, resume: bool, overwrite: bool = False
+) -> Optional[IO[str]]:
+    """:func:`claim_output_dir` in the main process (the one that writes checkpoints), its
+    refusal raised in every process: the others would otherwise wait for the main one in their
+    next collective, on other machines until its timeout. Returns the lock in the main process,
+    None in the others. Every process must call it."""
+    from detectron2.utils import comm
+
+    lock, refusal = None, None
+    if comm.is_main_process():
+        try:
+            lock = claim_output_dir(output_dir, resume=resume, overwrite=overwrite)
+        except (OutputDirInUseError, PreviousRunError) as e:
+            refusal = e
+    if comm.get_world_size() > 1:
+        refusal = next((e for e in comm.all_gather(refusal) if e is not None), None)
+    if refusal is not None:
+        raise refusal
+    return lock

@@ -45,15 +45,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """This process's generators, in types ``torch.load(weights_only=True)`` reads back."""
+def capture_rng_state(cuda: bool = True) -> dict[str, Any]:
+    """This process's generators (with ``cuda``, also the GPUs' where CUDA is initialised), in
+    types ``torch.load(weights_only=True)`` reads back."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -114,16 +115,18 @@ class RNGStates(HookBase):
     def restore(states: list[Optional[dict[str, Any]]]) -> None:
         """Restores this process's generators from a checkpoint's list."""
         rank, world_size = comm.get_rank(), comm.get_world_size()
-        if len(states) != world_size or states[rank] is None:
-            logger.warning(
-                "The checkpoint holds the random generators of %d processes; this run has %d. "
-                "The data order is unchanged, but the RoI sampling and dropout draws differ from "
-                "those of the interrupted run",
-                len(states),
-                world_size,
-            )
+        if len(states) != world_size:
+            why = f"the checkpoint's run had {len(states)} processes, this one has {world_size}"
+        elif states[rank] is None:
+            why = f"the checkpoint holds no random generators of process {rank}"
+        else:
+            restore_rng_state(states[rank])
             return
-        restore_rng_state(states[rank])
+        logger.warning(
+            "Resuming with fresh random generators (%s): the data order is unchanged, but the "
+            "RoI sampling and dropout draws differ from those of the interrupted run",
+            why,
+        )
 
 
 class TrainingError(RuntimeError):

@@ -56,7 +56,12 @@ from .engine import (
 )
 from .launch import LaunchError, launch, starts_processes
 from .model_zoo import resolve_config_file
-from .output_dir import OutputDirInUseError, PreviousRunError
+from .output_dir import (
+    OutputDirInUseError,
+    PreviousRunError,
+    claim_output_dir_everywhere,
+    release,
+)
 from .resume import TrainingError
 from .utils import DiskFullError
 from .visualize import draw_detections, plot_learning_curve
@@ -112,6 +117,12 @@ def setup(args: argparse.Namespace) -> CfgNode:
         )
     use_cpu_if_no_cuda(cfg)
     cfg.freeze()
+    if not args.eval_only:
+        # Before default_setup writes OUTPUT_DIR/config.yaml: a refused run must not overwrite
+        # the config of the run it would have overwritten (the Trainer gets the same lock).
+        args.output_lock = claim_output_dir_everywhere(
+            cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite
+        )
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnet_backbones")
     register_config_datasets(cfg)
@@ -193,7 +204,16 @@ def load_for_evaluation(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> s
 
 
 def run(args: argparse.Namespace):
-    """One process of the command: train (or resume) and evaluate, or evaluate only."""
+    """One process of the command: train (or resume) and evaluate, or evaluate only; OUTPUT_DIR
+    is released at the end, also after an error."""
+    try:
+        return _run(args)
+    finally:
+        release(getattr(args, "output_lock", None))
+        args.output_lock = None
+
+
+def _run(args: argparse.Namespace):
     cfg = setup(args)
     title = os.path.basename(args.config_files[-1])
     if args.eval_only:

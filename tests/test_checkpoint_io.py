@@ -289,8 +289,9 @@ def test_kill_during_a_checkpoint_write_leaves_only_complete_files(tmp_path):
     assert _check_complete(tmp_path) >= 1
     assert _temporaries(tmp_path), "the kill came after the rename: no partial file to test"
 
-    # The next start removes the killed writer's temporary.
-    FamilyCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
+    # The next start (Trainer.resume_or_load, once it holds OUTPUT_DIR) removes the killed
+    # writer's temporary.
+    remove_stale_temporaries(str(tmp_path))
     assert _temporaries(tmp_path) == []
 
 
@@ -321,6 +322,24 @@ def test_metrics_writer_resumes_without_repeating_lines(tmp_path, caplog):
     lines = [json.loads(line) for line in open(path)]
     assert [(r["iteration"], r["loss"]) for r in lines] == [(i, float(i)) for i in range(6)]
     assert _temporaries(tmp_path) == []
+
+
+def test_metrics_written_at_a_checkpoint_still_get_that_iterations_evaluation(tmp_path):
+    """The trainer writes metrics.json just before a checkpoint; the evaluation after it puts
+    its AP at the same iteration, which joins that iteration's line."""
+    from detectron2.utils.events import EventStorage
+
+    path = tmp_path / "metrics.json"
+    writer = AtomicJSONWriter(str(path))
+    with EventStorage(4) as storage:
+        storage.put_scalar("loss", 1.5, smoothing_hint=False)
+        writer.write()  # before the checkpoint
+        storage.put_scalar("bbox/AP", 42.0, smoothing_hint=False)
+        writer.write()  # detectron2's PeriodicWriter, after the evaluation
+        writer.write()  # nothing new: nothing changes
+    assert [json.loads(line) for line in open(path)] == [
+        {"bbox/AP": 42.0, "iteration": 4, "loss": 1.5}
+    ]
 
 
 def test_non_finite_tensors_are_found_exactly():

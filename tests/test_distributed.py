@@ -153,7 +153,10 @@ def _free_port():
 def test_two_machines_of_one_process_each_over_loopback(tmp_path, data):
     url = f"tcp://127.0.0.1:{_free_port()}"
     # Then the distributed evaluation: each machine infers half the images, rank 0 scores them.
+    # An evaluation and a checkpoint after iteration 0 too: the checkpoint gathers the random
+    # generators of both machines, in the same order of hooks as the evaluation's collectives.
     opts = ["SOLVER.MAX_ITER", "2", "DATASETS.TEST", "('own',)"]
+    opts += ["SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "1"]
     opts += ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64"]
     procs = [
         subprocess.Popen(

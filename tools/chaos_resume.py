@@ -56,9 +56,11 @@ def _command(
     return args + ["--resume", "OUTPUT_DIR", output_dir, *opts]
 
 
-def _temporaries(output_dir: str) -> list[str]:
+def _temporaries(output_dir: str, prefix: str = ".") -> list[str]:
+    """The temporary files of atomic writes in ``output_dir`` (``.NAME.tmp-PID-XXXX``) whose
+    name starts with ``prefix``."""
     try:
-        return [n for n in os.listdir(output_dir) if ".tmp" in n]
+        return [n for n in os.listdir(output_dir) if n.startswith(prefix) and ".tmp-" in n]
     except FileNotFoundError:
         return []
 
@@ -94,7 +96,7 @@ def run_and_kill(
     moment = None
     delay = rng.uniform(0.0, 1.5)
     while process.poll() is None and time.monotonic() - start < timeout:
-        if kind == "write" and set(_temporaries(output_dir)) - stale:
+        if kind == "write" and set(_temporaries(output_dir, ".model_")) - stale:
             moment = "during a checkpoint write"
             break
         if kind == "step" and _progress(output_dir) != before:

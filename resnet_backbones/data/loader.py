@@ -56,21 +56,18 @@ def sample_seed(seed: int, iteration: int, slot: int) -> int:
 @contextlib.contextmanager
 def seeded(seed: int):
     """``random``, ``numpy.random`` and torch's CPU generator seeded with ``seed`` inside, and
-    restored to their previous states after."""
-    py_state, np_state, torch_state = (
-        random.getstate(),
-        np.random.get_state(),
-        torch.get_rng_state(),
-    )
+    restored to their previous states after (the GPUs' generators, which the model's samplers
+    may draw from, are not touched)."""
+    from ..resume import capture_rng_state, restore_rng_state
+
+    state = capture_rng_state(cuda=False)
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
+        restore_rng_state(state)
 
 
 class ResumableBatchSampler(Sampler):
@@ -174,16 +171,34 @@ class _SeededMap(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         seed, index = key
-        record = self.dataset[index]
         with seeded(seed):
-            mapped = self.mapper(record)
-        if mapped is None:
-            raise ValueError(
-                f"the dataset mapper returned None for image {record.get('file_name')!r} "
-                f"(image_id {record.get('image_id')!r}); the resumable loader trains on every "
-                "image it is given: filter the dataset before training instead"
+            mapped = self.mapper(self.dataset[index])
+        # A mapper returns None for an image it skips (RobustDatasetMapper with
+        # DATASETS.BAD_IMAGES "skip", for a file that broke after the checks): another image
+        # takes its place, drawn from the sample's own seed so that a resumed run draws the same.
+        draw = random.Random(seed)
+        for _ in range(_REPLACEMENT_TRIES):
+            if mapped is not None:
+                return mapped
+            other = draw.randrange(len(self.dataset))
+            logger.warning(
+                "Image %d of the training set was skipped; image %d takes its place", index, other
             )
-        return mapped
+            index = other
+            with seeded(seed):
+                mapped = self.mapper(self.dataset[index])
+        if mapped is not None:
+            return mapped
+        from .coco_format import DatasetFormatError
+
+        raise DatasetFormatError(
+            f"the dataset mapper skipped {_REPLACEMENT_TRIES + 1} images in a row (the last: index "
+            f"{index}, {self.dataset[index].get('file_name')!r}); too many images fail to load: "
+            "check the dataset (DATASETS.VALIDATE 'full' decodes every image before training)"
+        )
+
+
+_REPLACEMENT_TRIES = 10
 
 
 def _as_batch(batch: list) -> list:

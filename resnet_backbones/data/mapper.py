@@ -82,8 +82,9 @@ def _check_boxes(record: dict) -> None:
 class RobustDatasetMapper(DatasetMapper):
     """detectron2's ``DatasetMapper`` (same arguments and output), with the decoding and checks
     of this module. A bad image raises :class:`ImageError` naming it, or, for training with
-    ``skip_bad_images``, is logged and replaced by another (detectron2's ``MapDataset`` retries
-    a random other image when a mapper returns None). Any other failure while mapping an image
+    ``skip_bad_images``, is logged and the mapper returns None: the training loader then takes
+    another image in its place (the resumable loader draws it from the sample's seed;
+    detectron2's ``MapDataset`` draws a random one). Any other failure while mapping an image
     is an :class:`ImageMappingError` naming it, also from a DataLoader worker process."""
 
     @configurable

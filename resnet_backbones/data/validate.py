@@ -99,7 +99,7 @@ class Problem:
     Attributes:
         text: the whole sentence: where (file, image id, annotation id), the key and the value,
             what is wrong and what to do.
-        reason: a short name to count by ("box of zero size" ...).
+        reason: a short name to count by ("box of negative size" ...).
         image_id: the image it makes unusable; None for a problem of the whole dataset, which
             no image can be skipped for.
     """
@@ -121,11 +121,15 @@ class ValidationSettings:
     exif_boxes: str = "auto"
 
     def __post_init__(self) -> None:
+        from ..config import ConfigError
         from ..utils import check_choice
 
-        check_choice("DATASETS.VALIDATE", self.mode, VALIDATE_MODES)
-        check_choice("DATASETS.BAD_IMAGES", self.bad_images, BAD_IMAGE_POLICIES)
-        check_choice("DATASETS.EXIF_BOXES", self.exif_boxes, EXIF_BOX_FRAMES)
+        try:
+            check_choice("DATASETS.VALIDATE", self.mode, VALIDATE_MODES)
+            check_choice("DATASETS.BAD_IMAGES", self.bad_images, BAD_IMAGE_POLICIES)
+            check_choice("DATASETS.EXIF_BOXES", self.exif_boxes, EXIF_BOX_FRAMES)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     @classmethod
     def from_config(cls, cfg: Any) -> ValidationSettings:
@@ -154,13 +158,14 @@ class ValidationReport:
     skipped: list[Problem] = field(default_factory=list)
     without_annotations: int = 0
     boxes_past_border: int = 0
+    zero_size_boxes: int = 0
     pixel_formats: Counter = field(default_factory=Counter)
     exif_rotated_boxes: int = 0
     exif_upright_boxes: int = 0
     seconds: float = 0.0
 
     def skipped_text(self) -> str:
-        """``3 images skipped (2 missing file, 1 box of zero size)``, or "" where none was."""
+        """``3 images skipped (2 missing file, 1 box of negative size)``, or "" where none was."""
         if not self.skipped:
             return ""
         images = {p.image_id for p in self.skipped}
@@ -184,6 +189,11 @@ class ValidationReport:
             parts.append(
                 f"{_count(self.boxes_past_border, 'box', 'boxes')} extending more than 1 px past "
                 "their image (clipped to it)"
+            )
+        if self.zero_size_boxes:
+            parts.append(
+                f"{_count(self.zero_size_boxes, 'box', 'boxes')} of zero width or height (dropped "
+                "by training, as detectron2 does)"
             )
         converted = {k: n for k, n in self.pixel_formats.items() if k != "RGB"}
         if converted:
@@ -211,9 +221,11 @@ def _number(value: Any) -> bool:
 
 def _box_problem(
     box: Any, xywh: bool, width: Any, height: Any, where: str, image_id: Any
-) -> tuple[Optional[Problem], bool]:
+) -> tuple[Optional[Problem], Optional[str]]:
     """The problem of one box (XYWH, or XYXY where ``xywh`` is False) on an image of
-    ``width`` x ``height``, or None; and whether it extends more than 1 px past the image."""
+    ``width`` x ``height``, or None; and what is counted of it, not an error: "zero" (a box of
+    zero width or height, which detectron2's mapper drops, as COCO 2017's train set has) or
+    "past" (more than 1 px past the image, clipped)."""
     form = "[x, y, width, height]" if xywh else "[x0, y0, x1, y1]"
     if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_number(v) for v in box):
         return (
@@ -222,7 +234,7 @@ def _box_problem(
                 "malformed bbox",
                 image_id,
             ),
-            False,
+            None,
         )
     x0, y0 = box[0], box[1]
     w, h = (box[2], box[3]) if xywh else (box[2] - box[0], box[3] - box[1])
@@ -236,21 +248,12 @@ def _box_problem(
                     "box of negative size",
                     image_id,
                 ),
-                False,
+                None,
             )
-        if size == 0:
-            return (
-                Problem(
-                    f"{where}: bbox = {list(box)!r} has zero {side}; boxes are {form} with a "
-                    "positive width and height (detectron2 would drop it without a word). "
-                    "Correct the box or delete the annotation",
-                    "box of zero size",
-                    image_id,
-                ),
-                False,
-            )
+    if w == 0 or h == 0:
+        return None, "zero"
     if not (_number(width) and _number(height)):
-        return None, False  # the image's own problem, reported with it
+        return None, None  # the image's own problem, reported with it
     x1, y1 = x0 + w, y0 + h
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
         return (
@@ -261,10 +264,10 @@ def _box_problem(
                 "box outside its image",
                 image_id,
             ),
-            False,
+            None,
         )
     past = x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1
-    return None, past
+    return None, "past" if past else None
 
 
 @dataclass
@@ -275,6 +278,7 @@ class JsonFindings:
     problems: list[Problem] = field(default_factory=list)
     annotations: int = 0
     boxes_past_border: int = 0
+    zero_size_boxes: int = 0
 
 
 def _duplicates(pairs: list[tuple[Any, str]]) -> dict[Any, list[str]]:
@@ -422,12 +426,13 @@ def check_coco_json(content: dict, json_file: str) -> JsonFindings:
                     image_id,
                 )
             )
-        problem, past = _box_problem(
+        problem, note = _box_problem(
             ann["bbox"], True, image.get("width"), image.get("height"), where, image_id
         )
         if problem:
             add(problem)
-        found.boxes_past_border += past
+        found.boxes_past_border += note == "past"
+        found.zero_size_boxes += note == "zero"
     for annotation_id, wheres in _duplicates(annotation_ids).items():
         add(
             Problem(
@@ -442,18 +447,19 @@ def check_coco_json(content: dict, json_file: str) -> JsonFindings:
 # --------------------------------------------------------------------------------------------
 # 2-3. Dataset dicts and image files
 # --------------------------------------------------------------------------------------------
-def _check_dict_boxes(record: dict) -> tuple[list[Problem], int]:
-    """Box checks on a dataset dict's own annotations (datasets without a COCO JSON)."""
+def _check_dict_boxes(record: dict) -> tuple[list[Problem], int, int]:
+    """Box checks on a dataset dict's own annotations (datasets without a COCO JSON): the
+    problems, and the boxes past the border and of zero size."""
     from detectron2.structures import BoxMode
 
-    problems, past = [], 0
+    problems, past, zero = [], 0, 0
     image_id, file_name = record.get("image_id"), record.get("file_name", "")
     for index, ann in enumerate(record.get("annotations") or []):
         mode = ann.get("bbox_mode")
         if mode not in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) or "bbox" not in ann:
             continue  # relative or rotated boxes: nothing of ours reads them
         where = f"{describe_image(image_id, file_name)}, annotation {index}"
-        problem, outside = _box_problem(
+        problem, note = _box_problem(
             ann["bbox"],
             mode == BoxMode.XYWH_ABS,
             record.get("width"),
@@ -463,8 +469,9 @@ def _check_dict_boxes(record: dict) -> tuple[list[Problem], int]:
         )
         if problem:
             problems.append(problem)
-        past += outside
-    return problems, past
+        past += note == "past"
+        zero += note == "zero"
+    return problems, past, zero
 
 
 def _inspect(record: dict, decode: bool) -> ImageInfo | ImageError:
@@ -629,6 +636,7 @@ def _check(name: str, settings: ValidationSettings, is_train: bool):
         report.annotations = found.annotations
         report.images = len(content["images"])
         report.boxes_past_border = found.boxes_past_border
+        report.zero_size_boxes = found.zero_size_boxes
         image_root = getattr(meta, "image_root", None)
         if problems and image_root:
             # detectron2's loader fails on some of them (an unknown category, a missing key):
@@ -638,9 +646,10 @@ def _check(name: str, settings: ValidationSettings, is_train: bool):
         records = DatasetCatalog.get(name)
     if not json_file:
         for record in records:
-            box_problems, past = _check_dict_boxes(record)
+            box_problems, past, zero = _check_dict_boxes(record)
             problems += box_problems
             report.boxes_past_border += past
+            report.zero_size_boxes += zero
         report.annotations = sum(len(r.get("annotations") or []) for r in records)
         report.images = len(records)
     report.without_annotations = sum(1 for r in records if not r.get("annotations"))

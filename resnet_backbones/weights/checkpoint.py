@@ -29,7 +29,8 @@ Its saving and resuming are made to survive kills, full disks and divergence:
   torn or non-finite one, or an empty or dangling ``last_checkpoint``, is reported in a warning
   and the newest checkpoint of OUTPUT_DIR that loads is used instead (the bad file is left in
   place); none that loads is a :class:`NoGoodCheckpointError`;
-* the temporary files of a writer that was killed are removed when the checkpointer starts.
+* the temporary files of a writer that was killed are removed by the next training run, once it
+  holds OUTPUT_DIR (:meth:`resnet_backbones.engine.Trainer.resume_or_load`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
-from ..utils import atomic_write, first_n, remove_stale_temporaries
+from ..utils import atomic_write, first_n
 from . import mappings
 from .detect import (
     WeightsFile,
@@ -305,9 +306,6 @@ class FamilyCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.cfg = cfg
         self.path_manager = weights_path_manager()
-        if self.save_dir and self.save_to_disk:
-            for path in remove_stale_temporaries(self.save_dir):
-                logger.info("Removed %s, the partial file of a write that was interrupted", path)
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         # Never detectron2's: it unpickles .pkl files with plain pickle. Our load() does not
