@@ -214,7 +214,7 @@ def test_counted_not_errors_images_without_annotations_and_boxes_past_the_border
     def edit(content, folder):
         content["annotations"] = [a for a in content["annotations"] if a["image_id"] != 3]
         _ann(content, 1).update(bbox=[50, 50, 20, 20])  # 6 px past the right and bottom
-        # Zero height: COCO 2017's train set has such boxes; detectron2's mapper drops them.
+        # Zero height: reported in COCO 2017's train set; detectron2's mapper drops such boxes.
         _ann(content, 2).update(bbox=[3, 4, 5, 0])
 
     name, _, _ = coco_dataset(tmp_path, edit)

@@ -101,6 +101,22 @@ def test_augmentations_are_seeded_per_sample_and_leave_the_callers_generators_al
     assert len(set(draws)) == len(draws)
 
 
+def test_a_skipped_image_is_replaced_by_one_drawn_from_the_samples_seed(caplog):
+    """A mapper returns None for an image it skips (DATASETS.BAD_IMAGES "skip"): another image
+    takes its place, the same one in a resumed run."""
+    records = [{"id": i, "width": 8, "height": 6} for i in range(6)]
+
+    def skip_image_2(record):
+        return None if record["id"] == 2 else _random_mapper(record)
+
+    straight = list(zip(ResumableTrainLoader(records, skip_image_2, 3, seed=5), range(6)))
+    assert all(d is not None and d["id"] != 2 for batch, _ in straight for d in batch)
+    assert "Image 2 of the training set was skipped; image" in caplog.text
+    loader = ResumableTrainLoader(records, skip_image_2, 3, seed=5)
+    loader.start_iter = 3
+    assert list(zip(loader, range(3))) == [(b, i) for (b, _), i in zip(straight[3:], range(3))]
+
+
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     import random
 

@@ -224,8 +224,8 @@ def _box_problem(
 ) -> tuple[Optional[Problem], Optional[str]]:
     """The problem of one box (XYWH, or XYXY where ``xywh`` is False) on an image of
     ``width`` x ``height``, or None; and what is counted of it, not an error: "zero" (a box of
-    zero width or height, which detectron2's mapper drops, as COCO 2017's train set has) or
-    "past" (more than 1 px past the image, clipped)."""
+    zero width or height, which detectron2's mapper drops; COCO 2017's train set is reported to
+    have some) or "past" (more than 1 px past the image, clipped)."""
     form = "[x, y, width, height]" if xywh else "[x0, y0, x1, y1]"
     if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_number(v) for v in box):
         return (
