@@ -27,7 +27,7 @@ from . import solver
 from ._compat import uses_c_stand_in
 from .config import ConfigError, add_resnet_backbones_config
 from .data import DatasetNotFoundError, register_config_datasets, register_datasets
-from .data.coco_format import HOW_TO_REGISTER, config_source_dir, resolve_config_paths
+from .data.coco_format import HOW_TO_REGISTER, resolve_config_paths
 from .data.loader import ResumableTrainLoader
 from .data.mapper import build_mapper
 from .data.validate import (
@@ -219,10 +219,11 @@ def _merge_error(
     return None
 
 
-def merge_config_file(cfg: CfgNode, config_file: str) -> None:
+def merge_config_file(cfg: CfgNode, config_file: str) -> list[tuple[str, dict]]:
     """``cfg.merge_from_file(config_file)``, with errors that name the file, its line and
     column (YAML), the key and what to write (see :class:`ConfigError`). YAML tags that build
-    Python objects are refused: detectron2 would run them."""
+    Python objects are refused: detectron2 would run them. Returns :func:`config_chain`'s
+    files, as merged."""
     chain = config_chain(config_file)
 
     def source(key: Optional[str]) -> tuple[str, Any]:
@@ -242,6 +243,7 @@ def merge_config_file(cfg: CfgNode, config_file: str) -> None:
         if error is None:
             raise
         raise error from e
+    return chain
 
 
 def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> None:
@@ -298,10 +300,20 @@ def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> 
     add_resnet_backbones_config(cfg)
     for config_file in config_files:
         before = cfg.DATASETS.COCO_FORMAT
-        merge_config_file(cfg, str(config_file))
+        chain = merge_config_file(cfg, str(config_file))
         if cfg.DATASETS.COCO_FORMAT != before:
+            # Relative to the folder of the file that set the key: the last of the chain that
+            # does (config_file itself, or one of its _BASE_ files).
+            setter = next(
+                (
+                    path
+                    for path, loaded in reversed(chain)
+                    if "COCO_FORMAT" in (loaded.get("DATASETS") or {})
+                ),
+                str(config_file),
+            )
             cfg.DATASETS.COCO_FORMAT = resolve_config_paths(
-                cfg.DATASETS.COCO_FORMAT, config_source_dir(str(config_file))
+                cfg.DATASETS.COCO_FORMAT, os.path.dirname(os.path.abspath(setter))
             )
     before = cfg.DATASETS.COCO_FORMAT
     merge_config_list(cfg, opts)

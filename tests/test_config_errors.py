@@ -134,3 +134,20 @@ def test_a_section_over_a_value_of_the_base_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(top)
     assert str(info.value) == f"config file {top}: Cannot inherit key 'STEPS' from base!"
+
+
+def test_dataset_paths_follow_the_file_that_sets_them_in_a_list_of_bases(tmp_path):
+    """_BASE_ may be a list (fvcore merges them in order); DATASETS.COCO_FORMAT's relative paths
+    are relative to the file in it that sets the key."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a/data.yaml").write_text(
+        'DATASETS:\n  COCO_FORMAT: [["mine", "train.json", "images"]]\n'
+    )
+    top = tmp_path / "b/top.yaml"
+    top.write_text(f"_BASE_: [{QUICKSTART!r}, '../a/data.yaml']\nSOLVER:\n  MAX_ITER: 7\n")
+    cfg = load_config(str(top))
+    assert cfg.SOLVER.MAX_ITER == 7
+    assert cfg.DATASETS.COCO_FORMAT == [
+        ["mine", str(tmp_path / "a/train.json"), str(tmp_path / "a/images")]
+    ]

@@ -29,7 +29,6 @@ __all__ = [
     "DatasetFormatError",
     "DatasetNotFoundError",
     "check_coco_format",
-    "config_source_dir",
     "load_coco_format",
     "read_coco_json",
     "register_coco_format",
@@ -79,26 +78,6 @@ def check_coco_format(entries: Any, key: str = COCO_FORMAT_KEY) -> list[tuple[st
             )
         triples.append(tuple(entry))
     return triples
-
-
-def config_source_dir(config_file: str) -> str:
-    """The folder of the YAML file that sets ``DATASETS.COCO_FORMAT`` for ``config_file``: the
-    file itself, or the nearest ``_BASE_`` (followed as detectron2 does) that sets it; the
-    folder of ``config_file`` where none does."""
-    import yaml
-
-    path = config_file
-    while True:
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        datasets = loaded.get("DATASETS") or {}
-        if "COCO_FORMAT" in datasets:
-            return os.path.dirname(os.path.abspath(path))
-        base = loaded.get("_BASE_")
-        if not base or base.startswith(("http://", "https://")):
-            return os.path.dirname(os.path.abspath(config_file))
-        base = os.path.expanduser(base)
-        path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
 
 
 def resolve_config_paths(
