@@ -430,8 +430,8 @@ class Trainer(DefaultTrainer):
 
     Its runs survive interruptions (see :mod:`resnet_backbones.resume`): checkpoints hold the
     optimizer, the LR scheduler, the data order and the random generators, so ``--resume``
-    after a kill continues the very run that was interrupted, with bitwise-equal weights; the
-    training batches come from a resumable loader
+    after a kill continues the very run that was interrupted (with bitwise-equal weights on the
+    CPU); the training batches come from a resumable loader
     (:class:`~resnet_backbones.data.loader.ResumableTrainLoader`); :meth:`resume_or_load`
     refuses to start a new run over a previous one (:mod:`resnet_backbones.output_dir`); a
     non-finite loss or an out-of-memory step stops the run with a message saying what to

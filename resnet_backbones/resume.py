@@ -15,8 +15,10 @@ the optimizer (its ``_trainer``), not the data order, not the random generators.
   process, captured when the checkpoint is written (:class:`RNGStates`), which the RoI
   samplers and dropout draw from.
 
-With these, N iterations straight and N/2 + kill -9 + ``--resume`` end with bitwise-equal
-weights (``tests/test_resume.py``; ``tools/chaos_resume.py`` kills at random moments).
+With these, on the CPU, N iterations straight and N/2 + kill -9 + ``--resume`` end with
+bitwise-equal weights (``tests/test_resume.py``; ``tools/chaos_resume.py`` kills at random
+moments). On GPUs, two uninterrupted runs already differ unless deterministic algorithms are
+set (not run here).
 """
 
 from __future__ import annotations
