@@ -422,37 +422,23 @@ class _MetricsAtCheckpoints(hooks.HookBase):
             self.writer.write()
 
 
-class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with COCO evaluation on pycocotools, loading MODEL.WEIGHTS
-    with :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer`, the built-in datasets
-    and ``DATASETS.COCO_FORMAT`` registered, and the number of classes checked against the data
-    (:func:`check_num_classes`).
-
-    Its runs survive interruptions (see :mod:`resnet_backbones.resume`): checkpoints hold the
-    optimizer, the LR scheduler, the data order and the random generators, so ``--resume``
-    after a kill continues the very run that was interrupted (with bitwise-equal weights on the
-    CPU); the training batches come from a resumable loader
-    (:class:`~resnet_backbones.data.loader.ResumableTrainLoader`); :meth:`resume_or_load`
-    refuses to start a new run over a previous one (:mod:`resnet_backbones.output_dir`); a
-    non-finite loss or an out-of-memory step stops the run with a message saying what to
-    lower.
-
-    Without detectron2's compiled ops, COCOEvaluator's fast path is unavailable; the evaluator
-    then runs plain pycocotools (``use_fast_impl=False``), with the same numbers.
+class ResumableTrainer(DefaultTrainer):
+    """detectron2's DefaultTrainer, made to survive interruptions (see
+    :mod:`resnet_backbones.resume`): checkpoints hold the optimizer, the LR scheduler, the data
+    order and the random generators, so ``--resume`` after a kill continues the very run that
+    was interrupted (with bitwise-equal weights on the CPU); :meth:`resumable_train_loader`
+    gives the batches (:class:`~resnet_backbones.data.loader.ResumableTrainLoader`);
+    :meth:`resume_or_load` refuses to start a new run over a previous one
+    (:mod:`resnet_backbones.output_dir`); checkpoints are written and read by
+    :class:`~resnet_backbones.weights.checkpoint.FamilyCheckpointer` (atomically, verified), and
+    ``metrics.json`` by :class:`~resnet_backbones.events.AtomicJSONWriter`; a non-finite loss
+    or an out-of-memory step stops the run with a message saying what to lower. The detection
+    :class:`Trainer` builds on it.
     """
 
     def __init__(self, cfg: CfgNode):
-        register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
         self._output_lock = None
         self._metrics = None  # the metrics writer, made in the main process only
-        # Every dataset of the run checked before the first iteration: the test sets too, which
-        # detectron2 would first read after training (validate.py; cached for the loaders).
-        settings = ValidationSettings.from_config(cfg)
-        if settings.mode != "off":
-            for name in cfg.DATASETS.TRAIN:
-                validate_dataset(name, settings, is_train=True)
-            for name in cfg.DATASETS.TEST:
-                validate_dataset(name, settings, is_train=False)
         super().__init__(cfg)
 
     def resume_or_load(self, resume: bool = True, overwrite: bool = False) -> None:
@@ -565,8 +551,7 @@ class Trainer(DefaultTrainer):
         ret.insert(at, self._rng_states)
         if self._metrics is not None:
             ret.insert(at, _MetricsAtCheckpoints(self._metrics, self.cfg.SOLVER.CHECKPOINT_PERIOD))
-        reports = validation_reports(self.cfg, self.cfg.DATASETS.TRAIN, is_train=True)
-        return ret + [ValidationReportHook(reports)]
+        return ret
 
     def run_step(self) -> None:
         """detectron2's step; a non-finite loss or an out-of-memory error becomes a
@@ -591,6 +576,80 @@ class Trainer(DefaultTrainer):
         return None
 
     @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """:func:`resnet_backbones.solver.build_optimizer`: detectron2's SGD, or AdamW where
+        ``SOLVER.OPTIMIZER`` says so."""
+        return solver.build_optimizer(cfg, model)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """detectron2's, with the random generators of this process as they were before it:
+        an evaluation during training (``TEST.EVAL_PERIOD``) must not shift the random stream
+        of the iterations after it, which a resumed run would otherwise not reproduce (the
+        test loader draws its worker seed from torch's generator)."""
+        state = capture_rng_state()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            restore_rng_state(state)
+
+    @classmethod
+    def resumable_train_loader(
+        cls, cfg: CfgNode, dataset_dicts: list, mapper: Callable[[dict], Any]
+    ) -> ResumableTrainLoader:
+        """The :class:`~resnet_backbones.data.loader.ResumableTrainLoader` of ``cfg``'s batch
+        size, seed, grouping and workers over ``dataset_dicts`` mapped by ``mapper``.
+
+        Raises:
+            ConfigError: ``SOLVER.IMS_PER_BATCH`` is not a multiple of the number of processes.
+        """
+        world_size = comm.get_world_size()
+        if cfg.SOLVER.IMS_PER_BATCH % world_size:
+            raise ConfigError(
+                f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is the batch of all "
+                f"{world_size} processes together and must be a multiple of {world_size}"
+            )
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return ResumableTrainLoader(
+            dataset_dicts,
+            mapper,
+            cfg.SOLVER.IMS_PER_BATCH,
+            seed=seed,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            rank=comm.get_rank(),
+            world_size=comm.get_world_size(),
+        )
+
+
+class Trainer(ResumableTrainer):
+    """The detection trainer: :class:`ResumableTrainer` with COCO evaluation on pycocotools,
+    the built-in datasets and ``DATASETS.COCO_FORMAT`` registered, every dataset checked before
+    training (:mod:`resnet_backbones.data.validate`) and read by the robust mapper, and the
+    number of classes checked against the data (:func:`check_num_classes`).
+
+    Without detectron2's compiled ops, COCOEvaluator's fast path is unavailable; the evaluator
+    then runs plain pycocotools (``use_fast_impl=False``), with the same numbers.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
+        # Every dataset of the run checked before the first iteration: the test sets too, which
+        # detectron2 would first read after training (validate.py; cached for the loaders).
+        settings = ValidationSettings.from_config(cfg)
+        if settings.mode != "off":
+            for name in cfg.DATASETS.TRAIN:
+                validate_dataset(name, settings, is_train=True)
+            for name in cfg.DATASETS.TEST:
+                validate_dataset(name, settings, is_train=False)
+        super().__init__(cfg)
+
+    def build_hooks(self):
+        """:class:`ResumableTrainer`'s, and the hook that reports the skipped images at the end."""
+        reports = validation_reports(self.cfg, self.cfg.DATASETS.TRAIN, is_train=True)
+        return super().build_hooks() + [ValidationReportHook(reports)]
+
+    @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         """A :class:`~resnet_backbones.data.loader.ResumableTrainLoader` over the checked
         datasets (:func:`~resnet_backbones.data.validate.validated_dataset_dicts`) read by
@@ -610,23 +669,7 @@ class Trainer(DefaultTrainer):
             check_num_classes(cfg, cfg.DATASETS.TRAIN)
             return loader
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
-        world_size = comm.get_world_size()
-        if cfg.SOLVER.IMS_PER_BATCH % world_size:
-            raise ConfigError(
-                f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is the batch of all "
-                f"{world_size} processes together and must be a multiple of {world_size}"
-            )
-        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-        return ResumableTrainLoader(
-            dataset_dicts,
-            mapper,
-            cfg.SOLVER.IMS_PER_BATCH,
-            seed=seed,
-            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
-            rank=comm.get_rank(),
-            world_size=comm.get_world_size(),
-        )
+        return cls.resumable_train_loader(cfg, dataset_dicts, mapper)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -639,24 +682,6 @@ class Trainer(DefaultTrainer):
         )
         check_num_classes(cfg, [dataset_name])
         return loader
-
-    @classmethod
-    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """:func:`resnet_backbones.solver.build_optimizer`: detectron2's SGD, or AdamW where
-        ``SOLVER.OPTIMIZER`` says so."""
-        return solver.build_optimizer(cfg, model)
-
-    @classmethod
-    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
-        """detectron2's, with the random generators of this process as they were before it:
-        an evaluation during training (``TEST.EVAL_PERIOD``) must not shift the random stream
-        of the iterations after it, which a resumed run would otherwise not reproduce (the
-        test loader draws its worker seed from torch's generator)."""
-        state = capture_rng_state()
-        try:
-            return super().test(cfg, model, evaluators)
-        finally:
-            restore_rng_state(state)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
