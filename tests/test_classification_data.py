@@ -3,7 +3,9 @@ pickle, the digits split, missing datasets, shapes_cls and your own ImageFolder 
 
 from __future__ import annotations
 
+import io
 import pickle
+import struct
 import sys
 import types
 
@@ -49,13 +51,38 @@ def cifar_batches(seed=0):
     }
 
 
-def write_cifar_py(root, batches, bytes_keys=False):
+class Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 ``str`` (BINSTRING), as the CIFAR batches' cPickle did: their
+    keys, file names and the arrays' raw data. Read with latin1 they come back as ``str``."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def cifar_pickle(batch, style):
+    """``batch`` (a dict with str keys) as a pickle of ``style``: "py2" (as distributed), "py3"
+    (str keys) or "bytes" (bytes keys, as ``pickle.load(encoding="bytes")`` shows them)."""
+    if style == "py3":
+        return pickle.dumps(batch, protocol=2)
+    batch = {k.encode(): v for k, v in batch.items()}
+    if style == "bytes":
+        return pickle.dumps(batch, protocol=2)
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(batch)
+    return buffer.getvalue()
+
+
+def write_cifar_py(root, batches, style="py2"):
     folder = root / "cifar10" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for stem, (data, labels) in batches.items():
-        key = (lambda k: k.encode()) if bytes_keys else (lambda k: k)
-        batch = {key("batch_label"): stem, key("labels"): labels, key("data"): data}
-        (folder / stem).write_bytes(pickle.dumps(batch, protocol=2))
+        batch = {"batch_label": stem.encode(), "labels": labels, "data": data}
+        (folder / stem).write_bytes(cifar_pickle(batch, style))
     return folder
 
 
@@ -68,10 +95,10 @@ def write_cifar_bin(root, batches):
     return folder
 
 
-@pytest.mark.parametrize("bytes_keys", [False, True])
-def test_cifar10_both_formats_read_the_same(tmp_path, bytes_keys):
+@pytest.mark.parametrize("style", ["py2", "py3", "bytes"])
+def test_cifar10_both_formats_read_the_same(tmp_path, style):
     batches = cifar_batches()
-    py = write_cifar_py(tmp_path / "a", batches, bytes_keys)
+    py = write_cifar_py(tmp_path / "a", batches, style)
     binary = write_cifar_bin(tmp_path / "b", batches)
     for part, stems in (
         ("train", [f"data_batch_{k}" for k in range(1, 6)]),

@@ -429,8 +429,10 @@ class ShapesClsConfig:
     one crop labelled by its class: a square of side ``max(w, h)`` times a context factor
     (uniform in ``context``), its centre moved by up to ``jitter`` of the object's size, kept
     inside the image; each image also gives ``background_per_image`` crops that show no more
-    than ``max_background_overlap`` of any object's box. Crops are resized (bilinear) to
-    ``crop_size``.
+    than ``max_background_overlap`` of any object's box (clutter, plain background, or a patch
+    inside a large object: what a detector must also call background). Crops are resized
+    (bilinear) to ``crop_size``. With the default splits: 8202 train and 1640 val crops, about
+    35 s to generate on one core, 70 MB of PNG.
     """
 
     shapes: ShapesConfig
