@@ -29,6 +29,7 @@ Missing files stop at once, naming the paths and the variable that points to the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -83,7 +84,7 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "truck",
 )
 CIFAR10_NUM_VAL = 5000
-_CIFAR_IMAGES_PER_RECORD = 3 * 32 * 32
+_CIFAR_IMAGE_BYTES = 3 * 32 * 32
 _CIFAR_FILES = {
     "py": {"train": [f"data_batch_{k}" for k in range(1, 6)], "test": ["test_batch"]},
     "bin": {"train": [f"data_batch_{k}.bin" for k in range(1, 6)], "test": ["test_batch.bin"]},
@@ -294,7 +295,7 @@ def _read_cifar_pickle(path: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         raise DatasetFormatError(f"{path}: not a CIFAR-10 batch (a dict with 'data' and 'labels')")
     data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_IMAGES_PER_RECORD:
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_IMAGE_BYTES:
         raise DatasetFormatError(
             f"{path}: 'data' is {data.dtype} {data.shape}, not uint8 (N, 3072); the file is "
             "damaged, download it again"
@@ -306,7 +307,7 @@ def _read_cifar_pickle(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_cifar_bin(path: str) -> tuple[np.ndarray, np.ndarray]:
     raw = np.fromfile(path, dtype=np.uint8)
-    record = 1 + _CIFAR_IMAGES_PER_RECORD  # one label byte, then the image
+    record = 1 + _CIFAR_IMAGE_BYTES  # one label byte, then the image
     if raw.size == 0 or raw.size % record:
         raise DatasetFormatError(
             f"{path}: {raw.size} bytes is not a whole number of {record}-byte CIFAR-10 records; "
@@ -443,8 +444,6 @@ class ShapesClsConfig:
     max_background_overlap: float = 0.2
 
     def digest(self) -> str:
-        import hashlib
-
         text = json.dumps({"version": _SHAPES_CLS_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -577,7 +576,7 @@ def register_classification_datasets() -> None:
         if kind in constant_classes:
             classes = list(constant_classes[kind])
             meta.set(classes=classes, num_classes=len(classes))
-        if kind in ("digits", "shapes_cls"):
+        if kind == "shapes_cls":
             meta.set(generated_on_first_use=True)
 
 
