@@ -27,6 +27,7 @@ from . import solver
 from ._compat import uses_c_stand_in
 from .config import ConfigError, add_resnet_backbones_config
 from .data import DatasetNotFoundError, register_config_datasets, register_datasets
+from .data.classification import check_classification_files
 from .data.coco_format import HOW_TO_REGISTER, resolve_config_paths
 from .data.loader import ResumableTrainLoader
 from .data.mapper import build_mapper
@@ -355,6 +356,7 @@ def check_datasets(names: Sequence[str]) -> None:
                 f"{first_n(sorted(registered), 40)}. To use your own data, "
                 f"{HOW_TO_REGISTER}"
             )
+        check_classification_files(name)  # ImageNet and CIFAR-10, with their own layout
         meta = MetadataCatalog.get(name)
         if getattr(meta, "generated_on_first_use", False):
             continue

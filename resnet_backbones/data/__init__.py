@@ -1,5 +1,7 @@
-"""Datasets: the built-in ``shapes_train`` and ``shapes_val`` (see :mod:`.shapes`), and your
-own COCO-format data (see :mod:`.coco_format`).
+"""Datasets: the built-in ``shapes_train`` and ``shapes_val`` (see :mod:`.shapes`), your
+own COCO-format data (see :mod:`.coco_format`), and the classification datasets for
+pretraining (ImageNet, CIFAR-10, digits, shapes_cls and your own ImageFolder folders, see
+:mod:`.classification`).
 
 :func:`register_datasets` registers the built-in ones in detectron2's ``DatasetCatalog`` and
 ``MetadataCatalog``; :func:`register_config_datasets` registers them and a config's
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .classification import register_classification_datasets, register_image_folder
 from .coco_format import DatasetFormatError, DatasetNotFoundError, register_coco_format
 from .shapes import CLASSES, SPLITS, ensure_shapes, split_dir
 
@@ -30,7 +33,9 @@ __all__ = [
     "DatasetNotFoundError",
     "load_shapes",
     "register_config_datasets",
+    "register_classification_datasets",
     "register_datasets",
+    "register_image_folder",
 ]
 
 SHAPES_DATASETS = {f"shapes_{split}": split for split in SPLITS}
@@ -45,9 +50,11 @@ def load_shapes(split: str) -> list[dict]:
 
 
 def register_datasets() -> None:
-    """Registers ``shapes_train`` and ``shapes_val`` (once; a second call changes nothing)."""
+    """Registers ``shapes_train``, ``shapes_val`` and the classification datasets of
+    :mod:`.classification` (once; a second call changes nothing; no file is read)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
+    register_classification_datasets()
     for name, split in SHAPES_DATASETS.items():
         if name in DatasetCatalog.list():
             continue

@@ -42,7 +42,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in ALLOWED_GLOBALS:
             raise UnsafeWeightsError(
-                f"{self._source}: refused to load {module}.{name}: a weights pickle may only "
+                f"{self._source}: refused to load {module}.{name}: a pickle (weights, CIFAR batches) may only "
                 "hold numpy arrays, numbers, strings and plain containers (allowed globals: "
                 f"{', '.join(sorted(f'{m}.{n}' for m, n in ALLOWED_GLOBALS))}). If this file "
                 "comes from a source you trust, convert it with a script you control."
