@@ -153,6 +153,14 @@ def test_network_input_is_detectron2s_normalisation():
     torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=0)
 
 
+def test_grey_images_become_rgb_and_rgba_is_refused():
+    transform = build_train_transform(ClsOptions(train_aug="none", format="RGB"))
+    grey = transform(Image.new("L", (5, 4), 9))
+    torch.testing.assert_close(grey, transform(Image.new("RGB", (5, 4), (9, 9, 9))))
+    with pytest.raises(ValueError, match="has 4 channels: open images with PIL's .convert"):
+        transform(Image.new("RGBA", (5, 4)))
+
+
 def test_torchvision_center_crop_protocol_equals_torchvision_preset():
     """RGB with the ImageNet mean/std: torchvision's evaluation transform, value for value."""
     image = random_image(300, 400)

@@ -152,6 +152,11 @@ class ToNetworkInput(v2.Transform):
         self.std = [s / 255.0 for s in std]
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if inpt.shape[-3] != 3:
+            raise ValueError(
+                f"a classifier reads RGB images, but this one has {inpt.shape[-3]} channels: "
+                "open images with PIL's .convert('RGB'), as torchvision's ImageFolder does"
+            )
         if self.format == "BGR":
             inpt = inpt.flip(-3)
         return v2.functional.normalize(inpt.as_subclass(torch.Tensor), self.mean, self.std)
@@ -276,7 +281,8 @@ def cls_options_from_config(cfg: Any) -> ClsOptions:
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-_TO_FLOAT = (v2.ToImage(), v2.ToDtype(torch.float32, scale=True))
+# A float RGB tensor in 0..1 (a grey image's one channel repeated in 3).
+_TO_FLOAT = (v2.ToImage(), v2.RGB(), v2.ToDtype(torch.float32, scale=True))
 
 
 def build_train_transform(options: ClsOptions) -> v2.Compose:
