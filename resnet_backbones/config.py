@@ -93,6 +93,36 @@ _REXNET_KEYS = {
     "NORM": "BN",
 }
 
+# Classification (pretraining): the recipes' transforms and test protocols, read and checked by
+# resnet_backbones.data.cls_transforms.cls_options_from_config. The network's input is what a
+# detectron2 model feeds its backbone: channels in INPUT.FORMAT order, (x - MODEL.PIXEL_MEAN) /
+# MODEL.PIXEL_STD, so that pretrained weights meet the same pixels in a detector.
+_CLS_KEYS = {
+    # Training augmentation: "resnet_imagenet" (ResNet paper, Sec. 3.4: scale augmentation,
+    # random crop, flip, PCA lighting), "torchvision_v1" (RandomResizedCrop + flip),
+    # "resnet_cifar" (Sec. 4.2: 4-pixel zero padding, random crop, flip) or "none".
+    "TRAIN_AUG": "resnet_imagenet",
+    # Test protocol: "center" (shorter side TEST_RESIZE, centre crop CROP), "10crop" (corners,
+    # centre and their flips), "multiscale" (the whole image at each of TEST_SCALES, and flipped
+    # with TEST_FLIP: the paper's fully-convolutional test) or "none" (the whole image: CIFAR).
+    "TEST": "center",
+    # "resnet_imagenet": the shorter side is resized to a random integer in [MIN, MAX].
+    "SCALE_RANGE": (256, 480),
+    # Side of the square training crop and of the centre / 10-crop test crops (32 for CIFAR).
+    "CROP": 224,
+    # "resnet_cifar": pixels of zeros added on each side before the random crop.
+    "PAD": 4,
+    # "resnet_imagenet": standard deviation of AlexNet's PCA lighting noise alpha (0 = off).
+    "LIGHTING": 0.1,
+    # "center" and "10crop": the shorter side the test image is resized to before cropping.
+    "TEST_RESIZE": 256,
+    # "multiscale": the shorter sides of the test image; TEST_FLIP adds each one's flip.
+    "TEST_SCALES": (224, 256, 384, 480, 640),
+    "TEST_FLIP": True,
+    # Label smoothing of the cross-entropy loss (0 = off, as in the paper).
+    "LABEL_SMOOTHING": 0.0,
+}
+
 
 def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
     """Adds the keys of resnet_backbones to ``cfg`` in place and returns it.
@@ -134,6 +164,11 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
     # width and height tell, an error where both sizes are the same (square, 180°, mirrored).
     if "EXIF_BOXES" not in cfg.DATASETS:
         cfg.DATASETS.EXIF_BOXES = "auto"
+    if "CLS" not in cfg:
+        cfg.CLS = CfgNode()
+    for key, default in _CLS_KEYS.items():
+        if key not in cfg.CLS:
+            setattr(cfg.CLS, key, default)
     return cfg
 
 
