@@ -171,24 +171,23 @@ class _SeededMap(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         seed, index = key
-        with seeded(seed):
-            mapped = self.mapper(self.dataset[index])
         # A mapper returns None for an image it skips (RobustDatasetMapper with
         # DATASETS.BAD_IMAGES "skip", for a file that broke after the checks): another image
         # takes its place, drawn from the sample's own seed so that a resumed run draws the same.
         draw = random.Random(seed)
-        for _ in range(_REPLACEMENT_TRIES):
-            if mapped is not None:
-                return mapped
-            other = draw.randrange(len(self.dataset))
-            logger.warning(
-                "Image %d of the training set was skipped; image %d takes its place", index, other
-            )
-            index = other
+        for attempt in range(_REPLACEMENT_TRIES + 1):
+            if attempt:
+                other = draw.randrange(len(self.dataset))
+                logger.warning(
+                    "Image %d of the training set was skipped; image %d takes its place",
+                    index,
+                    other,
+                )
+                index = other
             with seeded(seed):
                 mapped = self.mapper(self.dataset[index])
-        if mapped is not None:
-            return mapped
+            if mapped is not None:
+                return mapped
         from .coco_format import DatasetFormatError
 
         raise DatasetFormatError(
