@@ -1,0 +1,112 @@
+"""The pretraining classifier (issue 11): detectron2-trainer form, and weights that a detector of
+the same network loads as they are, in its C4, DC5 and FPN forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import build_model
+
+from resnet_backbones.modeling.classifier import (
+    ClassificationModel,
+    ImageClassifier,
+    build_classification_model,
+)
+from resnet_backbones.presets import preset_config
+from resnet_backbones.weights.checkpoint import FamilyCheckpointer
+
+
+def _cfg(form="FPN"):
+    cfg = preset_config("R-18", form)
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    model = build_classification_model(_cfg(), num_classes=10)
+    with torch.no_grad():  # every tensor distinct from a fresh build's
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.add_(torch.rand_like(t) * 0.01)
+    return model
+
+
+def test_names_are_the_backbones_own_and_fc(model):
+    backbone = _cfg()
+    from resnet_backbones.config import build_clean_backbone
+
+    names = set(build_clean_backbone(backbone, features="last").state_dict())
+    assert set(model.state_dict()) == names | {"fc.weight", "fc.bias"}
+    # An ImageClassifier of the same network names them under "backbone.".
+    classifier = ImageClassifier(build_clean_backbone(backbone, features="last"), num_classes=10)
+    assert set(classifier.state_dict()) == {f"backbone.{n}" for n in names} | {
+        "fc.weight",
+        "fc.bias",
+    }
+
+
+def test_forward_in_training_and_in_eval(model):
+    images = torch.randn(3, 3, 64, 64)
+    batch = [{"image": images[i], "label": label} for i, label in enumerate([1, 7, 3])]
+    model.eval()
+    with torch.no_grad():
+        logits = model(batch)
+        features = model._backbone(images)["res5"].mean(dim=(2, 3))
+    assert logits.shape == (3, 10)
+    torch.testing.assert_close(logits, features @ model.fc.weight.T + model.fc.bias)
+    model.train()
+    assert model.res2.training and model._backbone.training
+    losses = model(batch)
+    model.eval()
+    assert set(losses) == {"loss_cls"}
+    with torch.no_grad():
+        expected = F.cross_entropy(model.logits(images), torch.tensor([1, 7, 3]))
+    torch.testing.assert_close(losses["loss_cls"].detach(), expected)
+    with pytest.raises(ValueError, match="num_classes = 0 is not valid"):
+        ClassificationModel(model._backbone, num_classes=0)
+
+
+@pytest.mark.parametrize("form", ["FPN", "C4", "DC5"])
+def test_its_weights_load_into_every_detector_form_as_they_are(model, form, tmp_path):
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": model.state_dict(), "metadata": {}}, path)
+    cfg = _cfg(form)
+    detector = build_model(cfg)
+    FamilyCheckpointer(detector, cfg=cfg).load(str(path))
+    loaded = detector.state_dict()
+    prefix = {"FPN": "backbone.bottom_up.", "C4": "backbone.", "DC5": "backbone."}[form]
+    placed = 0
+    for name, tensor in model.state_dict().items():
+        if name.startswith("fc."):
+            continue
+        target = f"roi_heads.{name}" if form == "C4" and name.startswith("res5.") else prefix + name
+        assert torch.equal(loaded[target], tensor), target
+        placed += 1
+    assert placed == len(model.state_dict()) - 2
+
+
+def test_its_weights_load_back_into_the_classifier_fc_included(model, tmp_path):
+    path = tmp_path / "model_0000009.pth"
+    torch.save({"model": model.state_dict(), "metadata": {}}, path)
+    fresh = build_classification_model(_cfg(), num_classes=10)
+    FamilyCheckpointer(fresh, cfg=_cfg()).load(str(path))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name
+
+
+def test_an_image_classifiers_names_do_not_fit_fpn(tmp_path):
+    """Why ClassificationModel names its tensors as the backbone does: an ImageClassifier's
+    checkpoint (``backbone.stem.*``) fits a DC5 detector only."""
+    from resnet_backbones.config import build_clean_backbone
+    from resnet_backbones.weights.errors import BackboneMismatchError
+
+    classifier = ImageClassifier(build_clean_backbone(_cfg(), features="last"), num_classes=10)
+    path = tmp_path / "classifier.pth"
+    torch.save({"model": classifier.state_dict()}, path)
+    cfg = _cfg("FPN")
+    with pytest.raises(BackboneMismatchError, match="does not fit the model's backbone"):
+        FamilyCheckpointer(build_model(cfg), cfg=cfg).load(str(path))
