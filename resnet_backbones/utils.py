@@ -39,6 +39,7 @@ __all__ = [
     "config_yaml",
     "first_n",
     "remove_stale_temporaries",
+    "temporary_target",
 ]
 
 # The folder of everything resnet_backbones generates or downloads (read at each use).
@@ -270,6 +271,13 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name an :func:`atomic_write` temporary named ``name`` is written for
+    (``.model_0000009.pth.tmp-PID-XXXX`` -> ``model_0000009.pth``); None for any other name."""
+    match = _TEMPORARY.fullmatch(name)
+    return match["target"] if match else None
 
 
 def remove_stale_temporaries(folder: str) -> list[str]:

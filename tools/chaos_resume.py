@@ -35,6 +35,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from resnet_backbones.utils import temporary_target
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [sys.executable, os.path.join(REPO, "tools", "train_net.py")]
 
@@ -56,13 +58,15 @@ def _command(
     return args + ["--resume", "OUTPUT_DIR", output_dir, *opts]
 
 
-def _temporaries(output_dir: str, prefix: str = ".") -> list[str]:
-    """The temporary files of atomic writes in ``output_dir`` (``.NAME.tmp-PID-XXXX``) whose
-    name starts with ``prefix``."""
+def _temporaries(output_dir: str, prefix: str = "") -> list[str]:
+    """The temporary files of atomic writes in ``output_dir`` whose target's name starts with
+    ``prefix``."""
     try:
-        return [n for n in os.listdir(output_dir) if n.startswith(prefix) and ".tmp-" in n]
+        names = os.listdir(output_dir)
     except FileNotFoundError:
         return []
+    targets = ((n, temporary_target(n)) for n in names)
+    return [n for n, target in targets if target is not None and target.startswith(prefix)]
 
 
 def _last_checkpoint(output_dir: str) -> Optional[str]:
@@ -96,7 +100,7 @@ def run_and_kill(
     moment = None
     delay = rng.uniform(0.0, 1.5)
     while process.poll() is None and time.monotonic() - start < timeout:
-        if kind == "write" and set(_temporaries(output_dir, ".model_")) - stale:
+        if kind == "write" and set(_temporaries(output_dir, "model_")) - stale:
             moment = "during a checkpoint write"
             break
         if kind == "step" and _progress(output_dir) != before:

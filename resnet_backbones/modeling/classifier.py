@@ -25,6 +25,20 @@ __all__ = [
 ]
 
 
+def _pooled_channels(backbone: Backbone, num_classes: int) -> int:
+    """The channels of ``backbone``'s one output feature, which a classifier pools; checks
+    that there is one, and ``num_classes``."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes = {num_classes!r} is not valid; it must be >= 1")
+    shapes = backbone.output_shape()
+    if len(shapes) != 1:
+        raise ValueError(
+            f"a classifier pools one feature, but the backbone returns {sorted(shapes)}"
+        )
+    (last,) = shapes.values()
+    return last.channels
+
+
 class ImageClassifier(nn.Module):
     """Backbone, global average pool of its one output feature, fully connected layer."""
 
@@ -35,16 +49,9 @@ class ImageClassifier(nn.Module):
             num_classes: outputs of the final linear layer (1000 for ImageNet, 10 for CIFAR-10).
         """
         super().__init__()
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes = {num_classes!r} is not valid; it must be >= 1")
-        shapes = backbone.output_shape()
-        if len(shapes) != 1:
-            raise ValueError(
-                f"a classifier pools one feature, but the backbone returns {sorted(shapes)}"
-            )
+        channels = _pooled_channels(backbone, num_classes)
         self.backbone = backbone
-        (last,) = shapes.values()
-        self.fc = nn.Linear(last.channels, num_classes)
+        self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (features,) = self.backbone(x).values()
@@ -99,13 +106,7 @@ class ClassificationModel(nn.Module):
             label_smoothing: of the training loss.
         """
         super().__init__()
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes = {num_classes!r} is not valid; it must be >= 1")
-        shapes = backbone.output_shape()
-        if len(shapes) != 1:
-            raise ValueError(
-                f"a classifier pools one feature, but the backbone returns {sorted(shapes)}"
-            )
+        channels = _pooled_channels(backbone, num_classes)
         own = [n for n, _ in backbone.named_parameters(recurse=False)]
         own += [n for n, _ in backbone.named_buffers(recurse=False)]
         if own:
@@ -118,8 +119,7 @@ class ClassificationModel(nn.Module):
         for name, child in backbone.named_children():
             self.add_module(name, child)
         object.__setattr__(self, "_backbone", backbone)
-        (last,) = shapes.values()
-        self.fc = nn.Linear(last.channels, num_classes)
+        self.fc = nn.Linear(channels, num_classes)
         self.label_smoothing = label_smoothing
 
     def train(self, mode: bool = True) -> ClassificationModel:
