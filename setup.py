@@ -69,6 +69,7 @@ setup(
     entry_points={
         "console_scripts": [
             "resnet-backbones-train = resnet_backbones.train_net:main",
+            "resnet-backbones-pretrain = resnet_backbones.pretrain_net:main",
             "resnet-backbones = resnet_backbones.cli:main",
         ]
     },

@@ -121,6 +121,14 @@ _CLS_KEYS = {
     "TEST_FLIP": True,
     # Label smoothing of the cross-entropy loss (0 = off, as in the paper).
     "LABEL_SMOOTHING": 0.0,
+    # Exponential moving average of the weights (and BN statistics) kept beside the model,
+    # evaluated too and restored on --resume: its decay per iteration (0 = off, as in the paper;
+    # 0.9999 is timm's usual value for long runs).
+    "EMA_DECAY": 0.0,
+    # Train and test in channels_last memory format (faster convolutions on many CPUs and GPUs).
+    "CHANNELS_LAST": False,
+    # Test images per batch and process ("multiscale" tests one image at a time).
+    "TEST_BATCH_SIZE": 32,
 }
 
 
@@ -145,6 +153,13 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
         # `import resnet_backbones`. The CPU quickstart trains from scratch, where AdamW
         # converges faster.
         cfg.SOLVER.OPTIMIZER = "SGD"
+    # SOLVER.LR_SCHEDULER_NAME "WarmupPlateauLR" (resnet_backbones.solver): the LR is multiplied
+    # by SOLVER.GAMMA when the validation error (every TEST.EVAL_PERIOD) has not improved by more
+    # than PLATEAU_THRESHOLD points (percent) for PLATEAU_PATIENCE evaluations in a row.
+    if "PLATEAU_PATIENCE" not in cfg.SOLVER:
+        cfg.SOLVER.PLATEAU_PATIENCE = 2
+    if "PLATEAU_THRESHOLD" not in cfg.SOLVER:
+        cfg.SOLVER.PLATEAU_THRESHOLD = 0.1
     if "COCO_FORMAT" not in cfg.DATASETS:
         # Your own COCO-format datasets, [[NAME, JSON_FILE, IMAGE_ROOT], ...], registered under
         # NAME for DATASETS.TRAIN/TEST by the Trainer and tools/train_net.py; relative paths are

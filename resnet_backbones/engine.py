@@ -7,6 +7,7 @@ import difflib
 import logging
 import os
 import re
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -18,7 +19,7 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter
@@ -52,9 +53,11 @@ from .utils import config_get, first_n, remove_stale_temporaries
 from .weights.checkpoint import FamilyCheckpointer
 
 __all__ = [
+    "CPUAutocastTrainer",
     "ConfigError",
     "DatasetNotFoundError",
     "NumClassesError",
+    "ResumableTrainer",
     "Trainer",
     "check_datasets",
     "check_num_classes",
@@ -424,6 +427,29 @@ class _MetricsAtCheckpoints(hooks.HookBase):
             self.writer.write()
 
 
+class CPUAutocastTrainer(SimpleTrainer):
+    """detectron2's SimpleTrainer with the forward in bfloat16 autocast on the CPU: what
+    ``SOLVER.AMP.ENABLED`` means without CUDA (detectron2's AMPTrainer, fp16 with a grad
+    scaler, needs CUDA). bfloat16 has float32's exponent range, so no loss scaling is needed;
+    the weights, gradients and optimizer stay in float32."""
+
+    def run_step(self) -> None:
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_dict = self.model(data)
+            if isinstance(loss_dict, torch.Tensor):
+                losses, loss_dict = loss_dict, {"total_loss": loss_dict}
+            else:
+                losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
 class ResumableTrainer(DefaultTrainer):
     """detectron2's DefaultTrainer, made to survive interruptions (see
     :mod:`resnet_backbones.resume`): checkpoints hold the optimizer, the LR scheduler, the data
@@ -442,6 +468,10 @@ class ResumableTrainer(DefaultTrainer):
         self._output_lock = None
         self._metrics = None  # the metrics writer, made in the main process only
         super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+            # detectron2's AMPTrainer (fp16 and a grad scaler) needs CUDA.
+            old = self._trainer
+            self._trainer = CPUAutocastTrainer(old.model, old.data_loader, old.optimizer)
 
     def resume_or_load(self, resume: bool = True, overwrite: bool = False) -> None:
         """detectron2's, after claiming OUTPUT_DIR for this run (main process): it refuses to
@@ -596,11 +626,24 @@ class ResumableTrainer(DefaultTrainer):
             restore_rng_state(state)
 
     @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
+        """:func:`resnet_backbones.solver.build_lr_scheduler`: detectron2's schedulers, and
+        ``"WarmupPlateauLR"``."""
+        return solver.build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
     def resumable_train_loader(
-        cls, cfg: CfgNode, dataset_dicts: list, mapper: Callable[[dict], Any]
+        cls,
+        cfg: CfgNode,
+        dataset_dicts: list,
+        mapper: Callable[[dict], Any],
+        *,
+        aspect_ratio_grouping: Optional[bool] = None,
     ) -> ResumableTrainLoader:
         """The :class:`~resnet_backbones.data.loader.ResumableTrainLoader` of ``cfg``'s batch
-        size, seed, grouping and workers over ``dataset_dicts`` mapped by ``mapper``.
+        size, seed, grouping (``aspect_ratio_grouping``, else
+        ``DATALOADER.ASPECT_RATIO_GROUPING``) and workers over ``dataset_dicts`` mapped by
+        ``mapper``.
 
         Raises:
             ConfigError: ``SOLVER.IMS_PER_BATCH`` is not a multiple of the number of processes.
@@ -617,7 +660,11 @@ class ResumableTrainer(DefaultTrainer):
             mapper,
             cfg.SOLVER.IMS_PER_BATCH,
             seed=seed,
-            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            aspect_ratio_grouping=(
+                cfg.DATALOADER.ASPECT_RATIO_GROUPING
+                if aspect_ratio_grouping is None
+                else aspect_ratio_grouping
+            ),
             num_workers=cfg.DATALOADER.NUM_WORKERS,
             rank=comm.get_rank(),
             world_size=comm.get_world_size(),

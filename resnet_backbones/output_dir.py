@@ -43,6 +43,23 @@ _HELD: dict[str, IO[str]] = {}
 _RUN_FILES = ("last_checkpoint", "model_*.pth", "metrics.json")
 
 
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): closes its copies of the lock files. flock
+    belongs to the open file, which a fork shares: a worker that outlives its killed parent by
+    the seconds it takes to notice would otherwise hold OUTPUT_DIR, and refuse the --resume
+    that follows. Closing (not unlocking) a copy leaves the parent's lock as it is."""
+    for handle in _HELD.values():
+        try:
+            handle.close()
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class OutputDirInUseError(RuntimeError):
     """Another process is training into this OUTPUT_DIR."""
 

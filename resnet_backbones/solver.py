@@ -15,16 +15,27 @@ A trainer that overrides ``build_optimizer`` itself is out of reach: it should c
 
 from __future__ import annotations
 
+import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
 
 from .utils import check_choice
 
 if TYPE_CHECKING:
-    import torch
     from detectron2.config import CfgNode
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "install"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LR_SCHEDULERS",
+    "OPTIMIZERS",
+    "WarmupPlateauLR",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "install",
+]
 
 # The values of SOLVER.OPTIMIZER.
 OPTIMIZERS = ("SGD", "AdamW")
@@ -54,7 +65,6 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     Raises:
         ValueError: ``SOLVER.OPTIMIZER`` is not one of :data:`OPTIMIZERS`.
     """
-    import torch
     from detectron2.solver import build
 
     name = cfg.SOLVER.get("OPTIMIZER", "SGD")
@@ -89,3 +99,127 @@ def install() -> None:
         if original is None or original is build_optimizer:
             continue
         module.build_optimizer = build_optimizer
+
+
+# The values of SOLVER.LR_SCHEDULER_NAME: detectron2's, and the plateau schedule of the ResNet
+# paper's ImageNet recipe.
+LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupPlateauLR")
+
+
+class WarmupPlateauLR(torch.optim.lr_scheduler._LRScheduler):
+    """The learning rate "divided by 10 when the error plateaus" (ResNet paper, Sec. 3.4):
+    ``base_lr * warmup(iteration) * gamma ** reductions``, where :meth:`report` counts a
+    reduction each time the validation error has not improved on its best by more than
+    ``threshold`` for ``patience`` evaluations in a row (then the count of bad evaluations
+    restarts, as in torch's ``ReduceLROnPlateau``).
+
+    Unlike ``ReduceLROnPlateau`` it steps every iteration, as detectron2's ``LRScheduler`` hook
+    steps every scheduler, so the warm-up of ``SOLVER.WARMUP_*`` applies; and its state (best
+    error, bad evaluations, reductions) is in its ``state_dict``, which detectron2's checkpoints
+    hold: a resumed run reduces where the uninterrupted one does.
+
+    Args:
+        optimizer: its parameter groups' ``initial_lr`` are the base rates.
+        gamma: the factor of a reduction (``SOLVER.GAMMA``, 0.1).
+        patience: evaluations without improvement before a reduction.
+        threshold: the improvement, in error points (percent), that counts.
+        max_iter, warmup_factor, warmup_iters, warmup_method: detectron2's warm-up
+            (``SOLVER.MAX_ITER``, ``SOLVER.WARMUP_*``).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        gamma: float = 0.1,
+        patience: int = 2,
+        threshold: float = 0.1,
+        max_iter: int = 1,
+        warmup_factor: float = 1.0,
+        warmup_iters: int = 0,
+        warmup_method: str = "linear",
+        last_epoch: int = -1,
+    ):
+        if patience < 1:
+            raise ValueError(f"patience = {patience!r} is not valid; it must be >= 1")
+        self.gamma, self.patience, self.threshold = gamma, patience, threshold
+        self.max_iter = max_iter
+        self.warmup = (warmup_factor, warmup_iters, warmup_method)
+        self.best: Optional[float] = None
+        self.bad_evaluations = 0
+        self.reductions = 0
+        super().__init__(optimizer, last_epoch)
+
+    def _warmup_multiplier(self) -> float:
+        factor, iters, method = self.warmup
+        if self.last_epoch >= iters:
+            return 1.0
+        if method == "constant":
+            return factor
+        alpha = self.last_epoch / iters
+        return factor * (1 - alpha) + alpha  # linear, as detectron2's WarmupParamScheduler
+
+    def get_lr(self) -> list[float]:
+        multiplier = self._warmup_multiplier() * self.gamma**self.reductions
+        return [base * multiplier for base in self.base_lrs]
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self.get_lr()
+
+    def report(self, error: float, iteration: Optional[int] = None) -> bool:
+        """Counts a validation ``error`` (percent); returns whether the rate was reduced (it
+        then applies from the next iteration on)."""
+        if self.best is None or error < self.best - self.threshold:
+            self.best, self.bad_evaluations = error, 0
+            return False
+        self.bad_evaluations += 1
+        if self.bad_evaluations < self.patience:
+            return False
+        self.bad_evaluations = 0
+        self.reductions += 1
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        logger.info(
+            "Validation error %.2f%% has not improved on %.2f%% by more than %.2f points in %d "
+            "evaluations%s: learning rate reduced %d time(s), now %g",
+            error,
+            self.best,
+            self.threshold,
+            self.patience,
+            "" if iteration is None else f" (iteration {iteration})",
+            self.reductions,
+            self._last_lr[0],
+        )
+        return True
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
+    """detectron2's LR scheduler of ``SOLVER.LR_SCHEDULER_NAME``, or :class:`WarmupPlateauLR`
+    for ``"WarmupPlateauLR"`` (``SOLVER.GAMMA``, ``SOLVER.PLATEAU_PATIENCE``,
+    ``SOLVER.PLATEAU_THRESHOLD``, the warm-up keys).
+
+    Raises:
+        ConfigError: an unknown ``SOLVER.LR_SCHEDULER_NAME``, naming the valid ones.
+    """
+    from detectron2.solver import build_lr_scheduler as detectron2_build
+
+    from .config import ConfigError
+
+    name = cfg.SOLVER.LR_SCHEDULER_NAME
+    try:
+        check_choice("SOLVER.LR_SCHEDULER_NAME", name, LR_SCHEDULERS)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if name != "WarmupPlateauLR":
+        return detectron2_build(cfg, optimizer)
+    return WarmupPlateauLR(
+        optimizer,
+        gamma=cfg.SOLVER.GAMMA,
+        patience=cfg.SOLVER.get("PLATEAU_PATIENCE", 2),
+        threshold=cfg.SOLVER.get("PLATEAU_THRESHOLD", 0.1),
+        max_iter=cfg.SOLVER.MAX_ITER,
+        warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
+        warmup_iters=cfg.SOLVER.WARMUP_ITERS,
+        warmup_method=cfg.SOLVER.WARMUP_METHOD,
+    )

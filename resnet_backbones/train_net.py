@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -68,7 +68,15 @@ from .visualize import draw_detections, plot_learning_curve
 from .weights.checkpoint import FamilyCheckpointer
 from .weights.errors import WeightsError
 
-__all__ = ["NothingToEvaluateError", "main", "parse_args"]
+__all__ = [
+    "NothingToEvaluateError",
+    "base_parser",
+    "check_args",
+    "load_for_evaluation",
+    "main",
+    "parse_args",
+    "run_command",
+]
 
 logger = logging.getLogger("resnet_backbones.train_net")
 
@@ -263,8 +271,8 @@ def _expected_errors_without_traceback(traceback: bool):
         train_loop_logger.removeFilter(quiet)
 
 
-def _run_in_started_process(args: argparse.Namespace):
-    """:func:`run` in a process that :func:`launch` started: one of ``_INPUT_ERRORS`` is
+def _run_in_started_process(run_fn: Callable[[argparse.Namespace], Any], args: argparse.Namespace):
+    """``run_fn`` (:func:`run`) in a process that :func:`launch` started: one of ``_INPUT_ERRORS`` is
     printed as one line here, and the process exits with ``_INPUT_ERROR_STATUS``, which
     :func:`main` turns into 1 (torch.multiprocessing would print the whole traceback). With
     ``--traceback`` the error propagates, and torch.multiprocessing shows its traceback.
@@ -272,7 +280,7 @@ def _run_in_started_process(args: argparse.Namespace):
     It exits at once (``os._exit``, after flushing the logs): a normal exit would first wait
     seconds for gloo to take down a process group the other processes still hold."""
     try:
-        return run(args)
+        return run_fn(args)
     except _INPUT_ERRORS as e:
         report_user_error(e, f"error: {type(e).__name__}: {e}", 1, traceback=args.traceback)
         sys.stderr.flush()
@@ -280,9 +288,10 @@ def _run_in_started_process(args: argparse.Namespace):
         os._exit(_INPUT_ERROR_STATUS)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """detectron2's arguments (``--eval-only``, ``--resume``, ``--num-gpus`` ...) and ours;
-    ``config_files`` lists the ``--config`` files in order (``config_file`` is the last)."""
+def base_parser() -> argparse.ArgumentParser:
+    """detectron2's arguments (``--eval-only``, ``--resume``, ``--num-gpus`` ...) with a
+    repeatable ``--config``, and ``--overwrite`` and ``--traceback``: what the training and the
+    pretraining commands share. Check what it parses with :func:`check_args`."""
     parser = default_argument_parser()
     # detectron2's --config-file becomes repeatable, with --config as its alias ("resolve"
     # replaces the option of the same name).
@@ -296,29 +305,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="a config file; repeat it to merge several in order (a later file wins)",
     )
     parser.add_argument(
-        "--dataset",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
-        help=f"register COCO-format data as NAME, for DATASETS.TRAIN/TEST (repeatable; adds to "
-        f"{COCO_FORMAT_KEY}); relative paths are relative to the working directory",
-    )
-    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="start a new run in an OUTPUT_DIR that holds a previous one, deleting its "
         "checkpoints and metrics (without it, such a start is refused: use --resume to continue)",
     )
-    parser.add_argument(
-        "--visualize",
-        type=int,
-        default=0,
-        metavar="N",
-        help="after evaluation, draw detections on the first N test images into OUTPUT_DIR/detections.png",
-    )
     add_traceback_argument(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Fails, through ``parser``, without a config or with options after the overrides; sets
+    ``args.config_file`` to the last config (what detectron2's ``default_setup`` reads)."""
     if not args.config_files:
         parser.error("a config is required: --config FILE (or --config-file FILE)")
     # The overrides take the rest of the command line; a config key never starts with "--".
@@ -328,8 +326,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             f"{misplaced[0]} comes after the KEY VALUE overrides, which take the rest of the "
             f"command line; put options first, e.g. --config FILE {misplaced[0]} ... KEY VALUE"
         )
-    args.config_file = args.config_files[-1]  # what detectron2's default_setup reads
+    args.config_file = args.config_files[-1]
     return args
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """detectron2's arguments (``--eval-only``, ``--resume``, ``--num-gpus`` ...) and ours;
+    ``config_files`` lists the ``--config`` files in order (``config_file`` is the last)."""
+    parser = base_parser()
+    parser.add_argument(
+        "--dataset",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
+        help=f"register COCO-format data as NAME, for DATASETS.TRAIN/TEST (repeatable; adds to "
+        f"{COCO_FORMAT_KEY}); relative paths are relative to the working directory",
+    )
+    parser.add_argument(
+        "--visualize",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after evaluation, draw detections on the first N test images into OUTPUT_DIR/detections.png",
+    )
+    return check_args(parser, parser.parse_args(argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -341,18 +362,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     that is not the data's (raised in any of the ``--num-gpus`` processes). With ``--traceback``
     or ``RESNET_BACKBONES_TRACEBACK=1``, such an error propagates instead, with its traceback
     (see :mod:`resnet_backbones.cli_errors`)."""
-    args = parse_args(argv)
+    return run_command(parse_args(argv), run)
+
+
+def run_command(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], Any]) -> int:
+    """``run_fn(args)`` on ``--num-gpus`` processes, with the errors of :func:`main`."""
     print("Command Line Args:", args, file=sys.stderr)
-    worker = _run_in_started_process if starts_processes(args.num_gpus, args.num_machines) else run
     try:
         try:
+            if starts_processes(args.num_gpus, args.num_machines):
+                worker, worker_args = _run_in_started_process, (run_fn, args)
+            else:
+                worker, worker_args = run_fn, (args,)
             launch(
                 worker,
                 args.num_gpus,
                 num_machines=args.num_machines,
                 machine_rank=args.machine_rank,
                 dist_url=args.dist_url,
-                args=(args,),
+                args=worker_args,
             )
         except torch.multiprocessing.ProcessExitedException as e:
             if e.exit_code != _INPUT_ERROR_STATUS:

@@ -8,7 +8,12 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["draw_detections", "plot_learning_curve", "read_metrics"]
+__all__ = [
+    "draw_detections",
+    "plot_classification_curve",
+    "plot_learning_curve",
+    "read_metrics",
+]
 
 LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
 
@@ -66,6 +71,60 @@ def plot_learning_curve(metrics_json: str, out_png: str, title: str = "") -> str
     if title:
         ax_loss.set_title(title)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    return out_png
+
+
+def plot_classification_curve(metrics_json: str, out_png: str, title: str = "") -> str:
+    """Plots a pretraining run as the ResNet paper's Fig. 4 and 6: the training error (thin: the
+    top-1 error of the augmented training batches, median of the logging window) and the
+    validation error (bold: 100 - top-1 of each evaluation, and of the EMA where kept) against
+    iterations, in percent, with the learning rate below."""
+    records = read_metrics(metrics_json)
+    train = [r for r in records if "train_error" in r]
+    if not train:
+        raise ValueError(f"{metrics_json} has no pretraining records (no 'train_error')")
+    from matplotlib.figure import Figure
+
+    def evaluations(suffix: str) -> tuple[list[int], list[float]]:
+        # "classification/top1" (one test set) or "<name>/classification/top1" (several: the
+        # first one's); "ema/top1" for the EMA.
+        xs, ys = [], []
+        for r in records:
+            key = next((k for k in r if k == suffix or k.endswith("/" + suffix)), None)
+            if key is not None:
+                xs.append(r["iteration"] + 1)
+                ys.append(100.0 - r[key])
+        return xs, ys
+
+    fig = Figure(figsize=(7, 6))
+    ax, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    iters = [r["iteration"] + 1 for r in train]
+    ax.plot(iters, [r["train_error"] for r in train], lw=1, color="tab:blue", label="train error")
+    for suffix, style, label in (
+        ("classification/top1", "o-", "validation error"),
+        ("ema/top1", "s--", "validation error (EMA)"),
+    ):
+        xs, ys = evaluations(suffix)
+        if xs:
+            ax.plot(xs, ys, style, lw=2.5, color="tab:red", label=label, ms=4)
+            ax.annotate(
+                f"{ys[-1]:.1f}%", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 6)
+            )
+    ax.set_ylabel("top-1 error (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    if "lr" in train[0]:
+        ax_lr.plot(iters, [r["lr"] for r in train], color="tab:gray")
+        ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_xlabel("iteration")
+    ax_lr.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=100)
     return out_png

@@ -3,6 +3,7 @@
 ends exactly where an uninterrupted run ends.
 
     python tools/chaos_resume.py --config CONFIG --kills 10 [--dataset NAME JSON ROOT] [KEY VALUE ...]
+    python tools/chaos_resume.py --tool pretrain --config configs/digits/resnet_20.yaml ...
 
 1. Trains the config straight through into ``WORKDIR/straight``.
 2. Trains it again into ``WORKDIR/chaos``, with ``--resume`` every time, killing the process
@@ -11,7 +12,11 @@ ends exactly where an uninterrupted run ends.
    progress), or during a checkpoint write (as soon as a temporary checkpoint file appears;
    where the temporary is still there after the kill, the write was torn).
 3. Lets the last ``--resume`` run to the end, and compares the two ``model_final.pth``: every
-   model tensor and every optimizer-state tensor must be bitwise equal.
+   model tensor, every optimizer-state tensor and (pretraining with ``CLS.EMA_DECAY``) every
+   tensor of the EMA must be bitwise equal.
+
+``--tool train`` runs ``tools/train_net.py`` (detection), ``--tool pretrain``
+``tools/pretrain_net.py`` (classification).
 
 Prints one line per kill (its kind, the checkpoint it left behind) and a JSON summary (kills,
 kills during writes, writes torn, temporaries left at the end, tensors compared, bitwise
@@ -38,7 +43,10 @@ import torch
 from resnet_backbones.utils import temporary_target
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = [sys.executable, os.path.join(REPO, "tools", "train_net.py")]
+TOOLS = {
+    "train": [sys.executable, os.path.join(REPO, "tools", "train_net.py")],
+    "pretrain": [sys.executable, os.path.join(REPO, "tools", "pretrain_net.py")],
+}
 
 
 def _env() -> dict[str, str]:
@@ -48,9 +56,13 @@ def _env() -> dict[str, str]:
 
 
 def _command(
-    config: Sequence[str], output_dir: str, opts: Sequence[str], datasets: Sequence[Sequence[str]]
+    config: Sequence[str],
+    output_dir: str,
+    opts: Sequence[str],
+    datasets: Sequence[Sequence[str]],
+    tool: str = "train",
 ) -> list[str]:
-    args = list(TRAIN)
+    args = list(TOOLS[tool])
     for c in config:
         args += ["--config", c]
     for dataset in datasets:
@@ -127,9 +139,11 @@ def run_and_kill(
 
 
 def _tensors(path: str) -> dict[str, torch.Tensor]:
-    """The model tensors and the optimizer-state tensors of a checkpoint, by name."""
+    """The model tensors, the optimizer-state tensors and the EMA's tensors (where the checkpoint
+    has one) of a checkpoint, by name."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     out = {f"model.{k}": v for k, v in checkpoint["model"].items()}
+    out.update({f"ema.{k}": v for k, v in checkpoint.get("ema", {}).items()})
     optimizer = checkpoint.get("trainer", {}).get("_trainer", {}).get("optimizer", {})
     for pid, state in optimizer.get("state", {}).items():
         for k, v in state.items():
@@ -155,6 +169,7 @@ def compare(straight: str, resumed: str) -> dict[str, Any]:
     return {
         "tensors": len(a),
         "optimizer_tensors": sum(k.startswith("optimizer.") for k in a),
+        "ema_tensors": sum(k.startswith("ema.") for k in a),
         "missing": sorted(a.keys() ^ b.keys()),
         "different": different,
         "max_abs_difference": max_diff,
@@ -171,6 +186,7 @@ def chaos_resume(
     timeout: float = 600.0,
     datasets: Sequence[Sequence[str]] = (),
     echo=print,
+    tool: str = "train",
 ) -> dict[str, Any]:
     """The whole experiment (see the module docstring); returns its summary."""
     rng = random.Random(seed)
@@ -181,7 +197,7 @@ def chaos_resume(
     log = os.path.join(workdir, "chaos.log")
     started = time.monotonic()
     subprocess.run(
-        _command(config, straight, opts, datasets),
+        _command(config, straight, opts, datasets, tool),
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -194,14 +210,14 @@ def chaos_resume(
     for k in range(kills):
         kind = ("step", "write")[k % 2]
         event = run_and_kill(
-            _command(config, chaos, opts, datasets), chaos, kind, rng, log, timeout
+            _command(config, chaos, opts, datasets, tool), chaos, kind, rng, log, timeout
         )
         events.append(event)
         echo(f"kill {k + 1}/{kills}: {json.dumps(event)}")
         if not event["killed"]:
             break  # the run finished before this kill
     final = subprocess.run(
-        _command(config, chaos, opts, datasets),
+        _command(config, chaos, opts, datasets, tool),
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         env=_env(),
@@ -235,12 +251,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--workdir", default="output/chaos_resume")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument(
+        "--tool",
+        choices=sorted(TOOLS),
+        default="train",
+        help="train: tools/train_net.py (detection, the default); pretrain: tools/pretrain_net.py",
+    )
+    parser.add_argument(
         "--dataset",
-        nargs=3,
+        nargs="+",
         action="append",
         default=[],
-        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
-        help="passed on to the train tool: COCO-format data registered as NAME",
+        metavar="ARG",
+        help="passed on to the tool: NAME JSON_FILE IMAGE_ROOT (train: COCO-format data) or "
+        "NAME ROOT (pretrain: an ImageFolder folder)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
@@ -252,6 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         seed=args.seed,
         timeout=args.timeout,
         datasets=args.dataset,
+        tool=args.tool,
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "events"}, indent=1))
     return 0 if summary["bitwise_equal"] and not summary["leftover_temporaries"] else 1

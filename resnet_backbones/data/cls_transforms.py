@@ -181,6 +181,9 @@ class ClsOptions:
     test_scales: tuple[int, ...] = (224, 256, 384, 480, 640)
     test_flip: bool = True
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0
+    channels_last: bool = False
+    test_batch_size: int = 32
     format: str = "BGR"
     pixel_mean: tuple[float, ...] = (103.530, 116.280, 123.675)
     pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0)
@@ -243,10 +246,18 @@ def cls_options_from_config(cfg: Any) -> ClsOptions:
         c.TEST_RESIZE,
         f"the centre and 10 crops of CLS.CROP = {c.CROP} need a shorter side at least as long",
     )
-    _check(isinstance(c.TEST_FLIP, bool), "CLS.TEST_FLIP", c.TEST_FLIP, "it must be true or false")
+    for key, value in (("CLS.TEST_FLIP", c.TEST_FLIP), ("CLS.CHANNELS_LAST", c.CHANNELS_LAST)):
+        _check(isinstance(value, bool), key, value, "it must be true or false")
+    _check(
+        _int_like(c.TEST_BATCH_SIZE) and c.TEST_BATCH_SIZE >= 1,
+        "CLS.TEST_BATCH_SIZE",
+        c.TEST_BATCH_SIZE,
+        "it must be a positive integer",
+    )
     for key, value, low, high, want in (
         ("CLS.LIGHTING", c.LIGHTING, 0.0, float("inf"), "it must be a number >= 0 (0: off)"),
         ("CLS.LABEL_SMOOTHING", c.LABEL_SMOOTHING, 0.0, 1.0, "it must be a number in [0, 1)"),
+        ("CLS.EMA_DECAY", c.EMA_DECAY, 0.0, 1.0, "it must be a number in [0, 1) (0: off)"),
     ):
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         _check(number and low <= value < high, key, value, want)
@@ -272,6 +283,9 @@ def cls_options_from_config(cfg: Any) -> ClsOptions:
         test_scales=test_scales,
         test_flip=c.TEST_FLIP,
         label_smoothing=float(c.LABEL_SMOOTHING),
+        ema_decay=float(c.EMA_DECAY),
+        channels_last=c.CHANNELS_LAST,
+        test_batch_size=c.TEST_BATCH_SIZE,
         format=cfg.INPUT.FORMAT,
         pixel_mean=tuple(float(m) for m in cfg.MODEL.PIXEL_MEAN),
         pixel_std=tuple(float(s) for s in cfg.MODEL.PIXEL_STD),

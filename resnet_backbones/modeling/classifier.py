@@ -89,7 +89,12 @@ class ClassificationModel(nn.Module):
 
     ``model(batched_inputs)``, a list of ``{"image": (3, H, W) float tensor, the network's input
     already (see resnet_backbones.data.cls_transforms), "label": int}``, returns
-    ``{"loss_cls": cross-entropy}`` in training and the logits ``(N, num_classes)`` in eval.
+    ``{"loss_cls": cross-entropy}`` in training (and puts the batch's top-1 error, in percent,
+    into detectron2's event storage as ``train_error``: the thin curves of the ResNet paper's
+    Fig. 4) and the logits ``(N, num_classes)`` in eval. In eval, inputs with ``"views"`` (the
+    groups of a test protocol, :class:`~resnet_backbones.data.cls_transforms.TestViews`)
+    instead of ``"image"`` give the softmax scores averaged over their views
+    (:func:`~resnet_backbones.data.cls_transforms.average_scores`).
 
     Its state dict is named as the backbone's own (``stem.*``, ``res2.*`` ...) plus ``fc.*``:
     the names of resnet_backbones weights files, which the weights loader places into any
@@ -97,13 +102,22 @@ class ClassificationModel(nn.Module):
     :class:`ImageClassifier`'s names (``backbone.stem.*``) fit a DC5 detector only.
     """
 
-    def __init__(self, backbone: Backbone, *, num_classes: int, label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+    ):
         """
         Args:
             backbone: a backbone with one output feature and no tensors of its own outside its
                 child modules (those of this package).
             num_classes: outputs of the final linear layer.
             label_smoothing: of the training loss.
+            channels_last: feed the network channels_last images (convert the model with
+                ``model.to(memory_format=torch.channels_last)`` too).
         """
         super().__init__()
         channels = _pooled_channels(backbone, num_classes)
@@ -121,6 +135,7 @@ class ClassificationModel(nn.Module):
         object.__setattr__(self, "_backbone", backbone)
         self.fc = nn.Linear(channels, num_classes)
         self.label_smoothing = label_smoothing
+        self.channels_last = channels_last
 
     def train(self, mode: bool = True) -> ClassificationModel:
         super().train(mode)
@@ -129,24 +144,61 @@ class ClassificationModel(nn.Module):
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """The logits of a batch of network inputs ``(N, 3, H, W)``."""
+        images = images.to(self.fc.weight.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         (features,) = self._backbone(images).values()
         return self.fc(features.mean(dim=(2, 3)))
 
+    def scores(self, batched_inputs: list[dict]) -> torch.Tensor:
+        """``(N, num_classes)`` softmax scores of inputs with ``"views"``, each averaged over
+        its views; inputs whose groups have the same shapes run as one batch per group."""
+        from ..data.cls_transforms import average_scores  # data imports modeling
+
+        groups = [x["views"] for x in batched_inputs]
+        shapes = [[tuple(g.shape) for g in views] for views in groups]
+        if all(s == shapes[0] for s in shapes):
+            stacked = [torch.stack(group) for group in zip(*groups)]  # (B, V, 3, H, W) each
+            return average_scores(self.logits, stacked)
+        return torch.stack([average_scores(self.logits, views) for views in groups])
+
     def forward(self, batched_inputs: list[dict]):
+        if not self.training and "views" in batched_inputs[0]:
+            return self.scores(batched_inputs)
         device = self.fc.weight.device
-        images = torch.stack([x["image"] for x in batched_inputs]).to(device)
-        logits = self.logits(images)
+        logits = self.logits(torch.stack([x["image"] for x in batched_inputs]))
         if not self.training:
             return logits
         labels = torch.as_tensor([int(x["label"]) for x in batched_inputs], device=device)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        storage = _current_storage()
+        if storage is not None:
+            wrong = (logits.detach().argmax(dim=1) != labels).float().mean()
+            storage.put_scalar("train_error", 100.0 * float(wrong))
         return {"loss_cls": loss}
+
+
+def _current_storage():
+    """detectron2's current EventStorage, or None outside a training loop."""
+    from detectron2.utils.events import _CURRENT_STORAGE_STACK
+
+    return _CURRENT_STORAGE_STACK[-1] if _CURRENT_STORAGE_STACK else None
 
 
 def build_classification_model(cfg, *, num_classes: int) -> ClassificationModel:
     """The :class:`ClassificationModel` of the network ``cfg`` builds: its clean backbone (as
-    :func:`build_classifier`), a linear layer of ``num_classes``, and ``CLS.LABEL_SMOOTHING``
-    where the config has it."""
-    backbone = config.build_clean_backbone(cfg, features="last")
-    smoothing = cfg.CLS.LABEL_SMOOTHING if "CLS" in cfg else 0.0
-    return ClassificationModel(backbone, num_classes=num_classes, label_smoothing=smoothing)
+    :func:`build_classifier`, with BN for FrozenBN), a linear layer of ``num_classes``, and ``CLS.LABEL_SMOOTHING``
+    and ``CLS.CHANNELS_LAST`` where the config has them."""
+    # Trainable BN where the config has FrozenBN (a detection config's): a classifier that
+    # is trained learns its norms' statistics.
+    backbone = config.build_clean_backbone(cfg, features="last", trainable_norms=True)
+    has_cls = "CLS" in cfg
+    model = ClassificationModel(
+        backbone,
+        num_classes=num_classes,
+        label_smoothing=cfg.CLS.LABEL_SMOOTHING if has_cls else 0.0,
+        channels_last=bool(has_cls and cfg.CLS.CHANNELS_LAST),
+    )
+    if model.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model

@@ -63,7 +63,14 @@ from .errors import (
     NonFiniteWeightsError,
     WeightsFormatError,
 )
-from .mappings import BACKBONE_FORMATS, BACKBONE_NAME, backbone_name, backbone_prefix, choose_family
+from .mappings import (
+    BACKBONE_FORMATS,
+    BACKBONE_NAME,
+    as_tensor,
+    backbone_name,
+    backbone_prefix,
+    choose_family,
+)
 from .metadata import check_metadata, expected_metadata, has_bottlenecks
 from .place import BackboneReport, backbone_of_model, check_backbone, place
 from .resolve import catalog_entry_for, resolve, weights_path_manager
@@ -217,8 +224,34 @@ def prepare_checkpoint(
         check_metadata(expected, cfg, source=path, bottleneck=has_bottlenecks(model_state))
 
     if backbone is not None:  # 5
+        head = _classifier_head(weights, backbone)
+        backbone = {name: t for name, t in backbone.items() if name not in head}
         state = place(backbone, model_state)
+        fits = all(
+            name in model_state and tuple(model_state[name].shape) == tuple(t.shape)
+            for name, t in head.items()
+        )
+        if head and fits:  # a classifier of as many classes: fc too
+            state.update(head)
+        elif head:
+            classes = len(head.get("fc.bias", head.get("fc.weight", ())))
+            why = (
+                f"the model has {model_state['fc.weight'].shape[0]} classes"
+                if "fc.weight" in model_state
+                else "this model has none"
+            )
+            logger.info(
+                "%s: its classifier head (%s, %d classes) is not loaded: %s",
+                path,
+                ", ".join(sorted(head)),
+                classes,
+                why,
+            )
         checkpoint: dict[str, Any] = {"model": state, "__author__": weights.format}
+        if weights.format == "resnet_backbones":
+            # A checkpoint of ours with metadata (the pretraining tool's): the trainer's state
+            # too, which --resume loads.
+            checkpoint = {**weights.extra, **checkpoint}
         if weights.metadata:
             checkpoint["metadata"] = weights.metadata
     else:
@@ -249,6 +282,20 @@ def prepare_checkpoint(
             ", ".join(report.extra),
         )
     return PreparedCheckpoint(checkpoint, weights, family, report)
+
+
+_HEAD_NAMES = ("fc.weight", "fc.bias")
+
+
+def _classifier_head(weights: Any, backbone: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The ImageNet classifier's linear layer of a backbone file, as ``fc.weight`` and
+    ``fc.bias``: ours and the pretraining tool's name it so; torchvision's and timm's ResNets
+    too, though their mapping to our backbone leaves it out. Empty where there is none."""
+    if weights.format in ("torchvision", "timm"):
+        source = weights.state_dict
+    else:
+        source = backbone
+    return {name: as_tensor(source[name]) for name in _HEAD_NAMES if name in source}
 
 
 def non_finite_tensors(state: Mapping[str, Any]) -> list[str]:
@@ -306,6 +353,9 @@ class FamilyCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.cfg = cfg
         self.path_manager = weights_path_manager()
+        # Written into every checkpoint as "metadata" (what the weights loader checks against
+        # a config: see resnet_backbones.weights.metadata); empty: none.
+        self.metadata: dict[str, Any] = {}
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         # Never detectron2's: it unpickles .pkl files with plain pickle. Our load() does not
@@ -370,6 +420,8 @@ class FamilyCheckpointer(DetectionCheckpointer):
             raise NonFiniteWeightsError(self._refusal(save_file, bad, data["model"], kwargs))
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.metadata:
+            data["metadata"] = dict(self.metadata)
         data.update(kwargs)
         self.logger.info("Saving checkpoint to %s", save_file)
         with atomic_write(save_file) as f:

@@ -1,0 +1,147 @@
+"""Pretrain or evaluate the classifier of a preset: the command ``resnet-backbones-pretrain``
+(also ``python tools/pretrain_net.py``).
+
+    resnet-backbones-pretrain --config configs/CIFAR/resnet_20.yaml
+    resnet-backbones-pretrain --config configs/ImageNet/R_101_resnet_paper.yaml --num-gpus 8
+    resnet-backbones-pretrain --config CONFIG --resume          # continue after an interruption
+    resnet-backbones-pretrain --config configs/ImageNet/R_50_torchvision_v1.yaml --eval-only \\
+        MODEL.WEIGHTS resnet_backbones://resnet50.tv_in1k CLS.TEST 10crop
+    resnet-backbones-pretrain --config CONFIG --dataset flowers_train ~/flowers/train \\
+        --dataset flowers_val ~/flowers/val DATASETS.TRAIN "('flowers_train',)" \\
+        DATASETS.TEST "('flowers_val',)"                      # your own ImageFolder folders
+
+The same habits as ``resnet-backbones-train`` (:mod:`resnet_backbones.train_net`): repeatable
+``--config``, trailing ``KEY VALUE`` overrides, ``--resume``, ``--overwrite``, ``--num-gpus``
+(CPU processes joined with gloo where CUDA is missing), one-line errors. The trainer is
+:class:`resnet_backbones.pretrain.ClassificationTrainer`. Top-1 and top-5 go to the log and to
+``OUTPUT_DIR/eval_results.json``; a training run ends with ``OUTPUT_DIR/model_final.pth``, which
+``MODEL.WEIGHTS`` loads as it is into the C4, DC5 and FPN detectors of the same network, and
+``OUTPUT_DIR/learning_curve.png`` (training and validation error against iterations, as the
+ResNet paper's Fig. 4; redraw it with ``resnet-backbones plot OUTPUT_DIR/metrics.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Optional, Sequence
+
+# Before anything from detectron2 (see train_net.py).
+import resnet_backbones  # noqa: F401
+
+# isort: split
+from detectron2.config import CfgNode
+from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .data import register_datasets
+from .data.classification import register_image_folder
+from .engine import ConfigError, check_datasets, load_config, use_cpu_if_no_cuda
+from .model_zoo import resolve_config_file
+from .output_dir import claim_output_dir_everywhere, release
+from .pretrain import ClassificationTrainer, _per_dataset, write_eval_results
+from .train_net import (
+    _expected_errors_without_traceback,
+    base_parser,
+    check_args,
+    load_for_evaluation,
+    run_command,
+)
+from .visualize import plot_classification_curve
+
+__all__ = ["main", "parse_args", "write_learning_curve"]
+
+logger = logging.getLogger("resnet_backbones.pretrain_net")
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """The config of this run (files, overrides), with its datasets (and ``--dataset``
+    folders) registered and checked."""
+    cfg = load_config(args.config_files, args.opts)
+    args.config_file = resolve_config_file(args.config_files[-1])
+    use_cpu_if_no_cuda(cfg)
+    cfg.freeze()
+    if not args.eval_only:
+        # Before default_setup writes OUTPUT_DIR/config.yaml (see train_net.setup).
+        args.output_lock = claim_output_dir_everywhere(
+            cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite
+        )
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnet_backbones")
+    register_datasets()
+    for name, root in args.dataset:
+        register_image_folder(name, root)
+    check_datasets(list(cfg.DATASETS.TRAIN if not args.eval_only else []) + list(cfg.DATASETS.TEST))
+    return cfg
+
+
+def write_learning_curve(cfg: CfgNode, title: str = "") -> Optional[str]:
+    """``OUTPUT_DIR/learning_curve.png`` from ``OUTPUT_DIR/metrics.json``, or None (logged)."""
+    metrics = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+    if not os.path.isfile(metrics):
+        return None
+    try:
+        out = plot_classification_curve(
+            metrics, os.path.join(cfg.OUTPUT_DIR, "learning_curve.png"), title=title
+        )
+    except ValueError as e:
+        logger.warning("No learning curve: %s", e)
+        return None
+    logger.info("Wrote the learning curve to %s", out)
+    return out
+
+
+def run(args: argparse.Namespace):
+    """One process of the command; OUTPUT_DIR is released at the end, also after an error."""
+    try:
+        return _run(args)
+    finally:
+        release(getattr(args, "output_lock", None))
+        args.output_lock = None
+
+
+def _run(args: argparse.Namespace):
+    cfg = setup(args)
+    if args.eval_only:
+        if not cfg.DATASETS.TEST:
+            raise ConfigError("--eval-only: DATASETS.TEST is empty, so there is nothing to test")
+        model = ClassificationTrainer.build_model(cfg)
+        weights = load_for_evaluation(cfg, model, args.resume)
+        results = ClassificationTrainer.test(cfg, model)
+        if comm.is_main_process():
+            path = write_eval_results(cfg, _per_dataset(cfg, results), weights=weights)
+            logger.info("Wrote %s", path)
+        return results
+
+    trainer = ClassificationTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume, overwrite=args.overwrite)
+    with _expected_errors_without_traceback(args.traceback):
+        results = trainer.train()
+    if comm.is_main_process():
+        write_learning_curve(cfg, os.path.basename(args.config_files[-1]))
+    return results
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The arguments of ``resnet-backbones-train`` (:func:`resnet_backbones.train_net.base_parser`)
+    and ``--dataset NAME ROOT`` for ImageFolder folders."""
+    parser = base_parser()
+    parser.description = "Pretrain or evaluate the classifier of a ResNet-family preset."
+    parser.add_argument(
+        "--dataset",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "ROOT"),
+        help="register an ImageFolder-layout folder ROOT/<class>/<image> as NAME, for "
+        "DATASETS.TRAIN/TEST (repeatable); classes are the sorted subfolder names",
+    )
+    return check_args(parser, parser.parse_args(argv))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command (see the module doc): 0, or 1 after a one-line error where the input is at
+    fault (as :func:`resnet_backbones.train_net.main`)."""
+    return run_command(parse_args(argv), run)
