@@ -48,7 +48,7 @@ from .data.cls_transforms import (
     cls_options_from_config,
 )
 from .data.images import ImageError
-from .engine import ResumableTrainer
+from .engine import ResumableTrainer, check_datasets
 from .modeling.classifier import ClassificationModel, build_classification_model
 from .solver import WarmupPlateauLR
 from .utils import atomic_write
@@ -346,7 +346,9 @@ class ClassificationTrainer(ResumableTrainer):
 
     def __init__(self, cfg: CfgNode):
         self.options = cls_options_from_config(cfg)
-        _check_classification_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+        check_datasets(names)  # registers the built-in ones; missing files named clearly
+        _check_classification_datasets(names)
         self.ema: Optional[AveragedModel] = None
         self.last_classification_results: dict[str, dict[str, float]] = {}
         super().__init__(cfg)
