@@ -313,6 +313,25 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """The learning curve of a run from its ``metrics.json``: a pretraining run's errors
+    (``train_error`` in it) or a detection run's losses and AP."""
+    import os
+
+    from .visualize import plot_classification_curve, plot_learning_curve, read_metrics
+
+    metrics = args.metrics
+    if os.path.isdir(metrics):
+        metrics = os.path.join(metrics, "metrics.json")
+    if not os.path.isfile(metrics):
+        raise CommandError(f"{metrics} does not exist: give a run's OUTPUT_DIR or its metrics.json")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(metrics)), "learning_curve.png")
+    pretraining = any("train_error" in r for r in read_metrics(metrics))
+    plot = plot_classification_curve if pretraining else plot_learning_curve
+    print(f"Wrote {plot(metrics, out, title=args.title)}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -345,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a weights file for resnet_backbones")
     add_convert_arguments(p)
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("plot", help="draw a run's learning curve from its metrics.json")
+    p.add_argument("metrics", metavar="METRICS", help="a run's OUTPUT_DIR or its metrics.json")
+    p.add_argument("--out", metavar="PNG", help="default: learning_curve.png beside METRICS")
+    p.add_argument("--title", default="", help="the figure's title")
+    p.set_defaults(run=cmd_plot)
 
     # On each command, where tools/convert_weights.py (which is "convert") passes it too.
     for command in sub.choices.values():

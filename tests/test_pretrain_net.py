@@ -155,6 +155,12 @@ def test_a_run_records_its_weights_accuracy_and_curve(trained_r18):
     assert "tiny_train" in metadata["config"]
     with open(trained_r18 / "learning_curve.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # Redrawn on demand from metrics.json.
+    from resnet_backbones import cli
+
+    out = trained_r18 / "again.png"
+    assert cli.main(["plot", str(trained_r18), "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
 
 
 @pytest.mark.parametrize("form", ["C4", "DC5", "FPN"])

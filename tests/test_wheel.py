@@ -121,7 +121,10 @@ def test_installed_wheel_has_the_configs_and_runs_the_readme_snippet(tmp_path):
     elsewhere.mkdir()
     code = _readme_snippet() + "from detectron2.modeling import build_model\n" + check
     out = _run([python, "-W", "ignore", "-c", code], cwd=elsewhere, env=_ENV).splitlines()
-    assert out[-2:] == ["ResNetFamily 101", "['resnet-backbones', 'resnet-backbones-train']"]
+    assert out[-2:] == [
+        "ResNetFamily 101",
+        "['resnet-backbones', 'resnet-backbones-pretrain', 'resnet-backbones-train']",
+    ]
     assert os.path.isfile(venv / "bin" / "resnet-backbones-train")
 
 
