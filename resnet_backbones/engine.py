@@ -429,8 +429,8 @@ class _MetricsAtCheckpoints(hooks.HookBase):
 
 class CPUAutocastTrainer(SimpleTrainer):
     """detectron2's SimpleTrainer with the forward in bfloat16 autocast on the CPU: what
-    ``SOLVER.AMP.ENABLED`` means without CUDA (detectron2's AMPTrainer, fp16 with a grad
-    scaler, needs CUDA). bfloat16 has float32's exponent range, so no loss scaling is needed;
+    ``SOLVER.AMP.ENABLED`` means without CUDA for pretraining (detectron2's AMPTrainer, fp16
+    with a grad scaler, needs CUDA; the detection Trainer does not use it yet). bfloat16 has float32's exponent range, so no loss scaling is needed;
     the weights, gradients and optimizer stay in float32."""
 
     def run_step(self) -> None:
@@ -468,10 +468,6 @@ class ResumableTrainer(DefaultTrainer):
         self._output_lock = None
         self._metrics = None  # the metrics writer, made in the main process only
         super().__init__(cfg)
-        if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-            # detectron2's AMPTrainer (fp16 and a grad scaler) needs CUDA.
-            old = self._trainer
-            self._trainer = CPUAutocastTrainer(old.model, old.data_loader, old.optimizer)
 
     def resume_or_load(self, resume: bool = True, overwrite: bool = False) -> None:
         """detectron2's, after claiming OUTPUT_DIR for this run (main process): it refuses to
@@ -682,6 +678,12 @@ class Trainer(ResumableTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
+        if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPlateauLR":
+            raise ConfigError(
+                "SOLVER.LR_SCHEDULER_NAME 'WarmupPlateauLR' is for pretraining "
+                "(tools/pretrain_net.py), whose evaluations report the validation error to it; "
+                "detection: 'WarmupMultiStepLR' or 'WarmupCosineLR'"
+            )
         register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
         # Every dataset of the run checked before the first iteration: the test sets too, which
         # detectron2 would first read after training (validate.py; cached for the loaders).

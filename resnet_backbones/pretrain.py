@@ -48,10 +48,12 @@ from .data.cls_transforms import (
     cls_options_from_config,
 )
 from .data.images import ImageError
-from .engine import ResumableTrainer, check_datasets
+from .engine import CPUAutocastTrainer, ResumableTrainer, _MetricsAtCheckpoints, check_datasets
 from .modeling.classifier import ClassificationModel, build_classification_model
+from .resume import RNGStates
 from .solver import WarmupPlateauLR
-from .utils import atomic_write
+from .utils import atomic_write, config_get
+from .weights.metadata import METADATA_CONFIG_KEYS
 
 __all__ = [
     "ClassificationEvaluator",
@@ -138,7 +140,7 @@ def build_classification_test_loader(cfg: CfgNode, dataset_name: str):
     the test protocol's views, in batches of ``CLS.TEST_BATCH_SIZE`` (1 for "multiscale",
     whose images differ in size)."""
     options = cls_options_from_config(cfg)
-    records = DatasetCatalog.get(dataset_name)
+    records = dataset_records(dataset_name)
     batch_size = 1 if options.test == "multiscale" else options.test_batch_size
     return torch.utils.data.DataLoader(
         _MappedList(records, ClassificationMapper(cfg, is_train=False)),
@@ -149,8 +151,21 @@ def build_classification_test_loader(cfg: CfgNode, dataset_name: str):
     )
 
 
+# Records by dataset name, listed once per process: an ImageFolder is a scan of the disk
+# (1.28M files for ImageNet), which the model (its classes), the loaders and every evaluation
+# (model and EMA) would otherwise repeat.
+_RECORDS: dict[str, list[dict]] = {}
+
+
+def dataset_records(name: str) -> list[dict]:
+    """``DatasetCatalog.get(name)``, listed once per process."""
+    if name not in _RECORDS:
+        _RECORDS[name] = DatasetCatalog.get(name)
+    return _RECORDS[name]
+
+
 def _dataset_records(names: Sequence[str]) -> list[dict]:
-    return list(itertools.chain.from_iterable(DatasetCatalog.get(n) for n in names))
+    return list(itertools.chain.from_iterable(dataset_records(n) for n in names))
 
 
 def _check_classification_datasets(names: Sequence[str]) -> None:
@@ -225,7 +240,7 @@ def write_eval_results(
     record: dict[str, Any] = {
         **results[first],
         "dataset": first,
-        "num_images": len(DatasetCatalog.get(first)),
+        "num_images": len(dataset_records(first)),
         "protocol": test_protocol(options),
     }
     if weights:
@@ -260,23 +275,30 @@ class EMAHook(hooks.HookBase):
 # --------------------------------------------------------------------------------------------
 # Metadata
 # --------------------------------------------------------------------------------------------
-def pretraining_metadata(cfg: CfgNode, model: ClassificationModel) -> dict[str, Any]:
+def pretraining_metadata(
+    cfg: CfgNode, model: ClassificationModel, classes: Optional[Sequence[str]] = None
+) -> dict[str, Any]:
     """What a checkpoint of this run records: what the weights loader checks against a
     detector's config (input format, pixel mean/std, stride placement), the network's preset
-    (where it is a detection preset), the classes, the training data, the iterations and the
-    whole config."""
+    (where it is a detection preset), the classes (names, in the order of ``fc``'s outputs), the
+    training data, the iterations and the whole config."""
     from .weights.detect import identify_preset
 
     shapes = {
         name: tuple(t.shape) for name, t in model.state_dict().items() if not name.startswith("fc.")
     }
+    # What the loader checks, from the keys it checks them against (one table of them).
+    checked = {
+        meta: [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+        for meta, value in (
+            (meta, config_get(cfg, key)) for meta, key in METADATA_CONFIG_KEYS.items()
+        )
+    }
     metadata: dict[str, Any] = {
         "preset": identify_preset(shapes),
-        "input_format": cfg.INPUT.FORMAT,
-        "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],
-        "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
-        "stride_in_1x1": bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1),
+        **checked,
         "num_classes": int(model.fc.out_features),
+        "classes": list(classes) if classes is not None else None,
         "dataset": list(cfg.DATASETS.TRAIN),
         "iterations": int(cfg.SOLVER.MAX_ITER),
         "train_aug": cfg.CLS.TRAIN_AUG,
@@ -296,7 +318,8 @@ def _sha256(path: str) -> str:
 
 class _FinalRecord(hooks.HookBase):
     """At the end of a finished run, after the final evaluation: adds the measured top-1/top-5
-    and their protocol to ``model_final.pth``'s metadata (rewritten atomically), then writes
+    and their protocol to the metadata of the ``model_final.pth`` that detectron2's checkpointer
+    wrote (the file is rewritten atomically, nothing else in it changes), then writes
     ``model_final.json``: its SHA-256 and metadata, as a catalog entry holds them."""
 
     def __init__(self, trainer: ClassificationTrainer):
@@ -304,24 +327,33 @@ class _FinalRecord(hooks.HookBase):
 
     def after_train(self) -> None:
         trainer = self._trainer
-        if trainer.iter + 1 < trainer.max_iter or not comm.is_main_process():
+        # detectron2's loop leaves iter at max_iter (or beyond, resumed after the end) only
+        # where it finished; after_train also runs after an exception.
+        if trainer.iter < trainer.max_iter or not comm.is_main_process():
             return
-        checkpointer = trainer.checkpointer
+        from .weights.read import read_file
+
+        path = os.path.join(trainer.cfg.OUTPUT_DIR, "model_final.pth")
+        checkpoint = read_file(path)  # our own file, read as any weights file is
+        metadata = dict(checkpoint.get("metadata") or trainer.checkpointer.metadata)
         results = trainer.last_classification_results
         if results:
             first = next(iter(results))
-            checkpointer.metadata.update(
-                top1=results[first]["top1"],
-                top5=results[first]["top5"],
-                test_dataset=first,
-                test_protocol=test_protocol(trainer.options),
-            )
-        checkpointer.save("model_final", iteration=trainer.iter)
-        path = os.path.join(trainer.cfg.OUTPUT_DIR, "model_final.pth")
+            measured = {
+                "top1": results[first]["top1"],
+                "top5": results[first]["top5"],
+                "test_dataset": first,
+                "test_protocol": test_protocol(trainer.options),
+            }
+            if any(metadata.get(k) != v for k, v in measured.items()):
+                checkpoint["metadata"] = {**metadata, **measured}
+                with atomic_write(path) as f:
+                    torch.save(checkpoint, f)
+                metadata = checkpoint["metadata"]
         entry = {
             "file": "model_final.pth",
             "sha256": _sha256(path),
-            **{k: v for k, v in checkpointer.metadata.items() if k != "config"},
+            **{k: v for k, v in metadata.items() if k not in ("config", "classes")},
         }
         with atomic_write(os.path.join(trainer.cfg.OUTPUT_DIR, "model_final.json"), "w") as f:
             json.dump(entry, f, indent=2)
@@ -349,19 +381,39 @@ class ClassificationTrainer(ResumableTrainer):
         names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
         check_datasets(names)  # registers the built-in ones; missing files named clearly
         _check_classification_datasets(names)
+        if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPlateauLR" and not (
+            cfg.DATASETS.TEST and cfg.TEST.EVAL_PERIOD > 0
+        ):
+            raise ConfigError(
+                "SOLVER.LR_SCHEDULER_NAME 'WarmupPlateauLR' reduces the LR on the validation "
+                f"error, but DATASETS.TEST = {tuple(cfg.DATASETS.TEST)} and TEST.EVAL_PERIOD = "
+                f"{cfg.TEST.EVAL_PERIOD} evaluate nothing during training; set both, or use "
+                "'WarmupMultiStepLR' with SOLVER.STEPS"
+            )
         self.ema: Optional[AveragedModel] = None
         self.last_classification_results: dict[str, dict[str, float]] = {}
         super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+            # detectron2's AMPTrainer (fp16 and a grad scaler) needs CUDA: bf16 on the CPU.
+            old = self._trainer
+            self._trainer = CPUAutocastTrainer(old.model, old.data_loader, old.optimizer)
 
     @classmethod
-    def build_model(cls, cfg: CfgNode) -> ClassificationModel:
-        """The classifier of ``cfg``'s network, with as many classes as its datasets (training
-        ones first; for an evaluation, the test ones), on ``MODEL.DEVICE``."""
-        names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+    def build_model(
+        cls, cfg: CfgNode, datasets: Optional[Sequence[str]] = None
+    ) -> ClassificationModel:
+        """The classifier of ``cfg``'s network, on ``MODEL.DEVICE``, with as many classes as
+        ``datasets`` (default: the training and test ones, which must share their classes; an
+        evaluation passes the test ones alone).
+
+        Raises:
+            DatasetFormatError: the datasets' classes differ (their labels would not agree).
+        """
+        names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) if datasets is None else datasets
         if not names:
             raise ConfigError("DATASETS.TRAIN and DATASETS.TEST are both empty: nothing to train")
         for name in names:
-            DatasetCatalog.get(name)  # an ImageFolder's classes are known once it is loaded
+            dataset_records(name)  # an ImageFolder's classes are known once it is loaded
         classes = classification_classes(names)
         model = build_classification_model(cfg, num_classes=len(classes))
         model.to(torch.device(cfg.MODEL.DEVICE))
@@ -403,7 +455,8 @@ class ClassificationTrainer(ResumableTrainer):
                 model, multi_avg_fn=get_ema_multi_avg_fn(self.options.ema_decay), use_buffers=True
             )
         ret = super().build_hooks()
-        self.checkpointer.metadata = pretraining_metadata(cfg, model)
+        classes = classification_classes(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        self.checkpointer.metadata = pretraining_metadata(cfg, model, classes)
         if self.ema is not None:
             self.checkpointer.checkpointables["ema"] = self.ema
             at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)) + 1
@@ -412,12 +465,8 @@ class ClassificationTrainer(ResumableTrainer):
         # the generators' capture and the checkpointer.
         ret = [h for h in ret if not isinstance(h, hooks.EvalHook)]
         if cfg.DATASETS.TEST:
-            at = next(
-                i
-                for i, h in enumerate(ret)
-                if type(h).__name__ in ("RNGStates", "_MetricsAtCheckpoints")
-                or isinstance(h, hooks.PeriodicCheckpointer)
-            )
+            before = (RNGStates, _MetricsAtCheckpoints, hooks.PeriodicCheckpointer)
+            at = next(i for i, h in enumerate(ret) if isinstance(h, before))
             ret.insert(at, hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._evaluate))
         ret.append(_FinalRecord(self))
         return ret

@@ -32,11 +32,12 @@ import resnet_backbones  # noqa: F401
 
 # isort: split
 from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .data import register_datasets
+from .data import DatasetFormatError, register_datasets
 from .data.classification import register_image_folder
 from .engine import ConfigError, check_datasets, load_config, use_cpu_if_no_cuda
 from .model_zoo import resolve_config_file
@@ -49,9 +50,10 @@ from .train_net import (
     load_for_evaluation,
     run_command,
 )
+from .utils import first_n
 from .visualize import plot_classification_curve
 
-__all__ = ["main", "parse_args", "write_learning_curve"]
+__all__ = ["main", "parse_args", "register_folders", "write_learning_curve"]
 
 logger = logging.getLogger("resnet_backbones.pretrain_net")
 
@@ -71,10 +73,43 @@ def setup(args: argparse.Namespace) -> CfgNode:
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnet_backbones")
     register_datasets()
-    for name, root in args.dataset:
-        register_image_folder(name, root)
+    register_folders(args.dataset, train=cfg.DATASETS.TRAIN)
     check_datasets(list(cfg.DATASETS.TRAIN if not args.eval_only else []) + list(cfg.DATASETS.TEST))
     return cfg
+
+
+def register_folders(folders: Sequence[Sequence[str]], train: Sequence[str]) -> None:
+    """Registers ``--dataset NAME ROOT`` folders: those of ``train`` first, with their own
+    classes (the sorted subfolder names); the others (test sets) with the classes of the first
+    training folder, so that a validation folder that lacks a class keeps the training labels.
+
+    Raises:
+        DatasetFormatError: a test folder has a class the training folder lacks.
+    """
+    ordered = sorted(folders, key=lambda f: f[0] not in train)
+    classes: Optional[list[str]] = None
+    for name, root in ordered:
+        if name in train or classes is None:
+            register_image_folder(name, root)
+            if name in train and classes is None:
+                from .pretrain import dataset_records
+
+                dataset_records(name)  # its classes are known once it is listed
+                classes = list(MetadataCatalog.get(name).classes)
+            continue
+        from torchvision.datasets.folder import find_classes
+
+        try:
+            own, _ = find_classes(os.path.expanduser(root))
+        except (FileNotFoundError, NotADirectoryError):
+            own = []  # register_image_folder names the problem
+        extra = sorted(set(own) - set(classes))
+        if extra:
+            raise DatasetFormatError(
+                f"dataset {name!r} ({root}) has classes the training folder lacks: "
+                f"{first_n(extra, 10)}; its labels could not be the training labels"
+            )
+        register_image_folder(name, root, classes=classes)
 
 
 def write_learning_curve(cfg: CfgNode, title: str = "") -> Optional[str]:
@@ -107,7 +142,7 @@ def _run(args: argparse.Namespace):
     if args.eval_only:
         if not cfg.DATASETS.TEST:
             raise ConfigError("--eval-only: DATASETS.TEST is empty, so there is nothing to test")
-        model = ClassificationTrainer.build_model(cfg)
+        model = ClassificationTrainer.build_model(cfg, datasets=cfg.DATASETS.TEST)
         weights = load_for_evaluation(cfg, model, args.resume)
         results = ClassificationTrainer.test(cfg, model)
         if comm.is_main_process():

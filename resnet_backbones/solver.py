@@ -124,17 +124,17 @@ class WarmupPlateauLR(torch.optim.lr_scheduler._LRScheduler):
         patience: evaluations without improvement before a reduction.
         threshold: the improvement, in error points (percent), that counts.
         max_iter, warmup_factor, warmup_iters, warmup_method: detectron2's warm-up
-            (``SOLVER.MAX_ITER``, ``SOLVER.WARMUP_*``).
+            (``SOLVER.MAX_ITER``, ``SOLVER.WARMUP_*``; "linear" or "constant").
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        gamma: float = 0.1,
-        patience: int = 2,
-        threshold: float = 0.1,
-        max_iter: int = 1,
+        gamma: float,
+        patience: int,
+        threshold: float,
+        max_iter: int,
         warmup_factor: float = 1.0,
         warmup_iters: int = 0,
         warmup_method: str = "linear",
@@ -142,9 +142,10 @@ class WarmupPlateauLR(torch.optim.lr_scheduler._LRScheduler):
     ):
         if patience < 1:
             raise ValueError(f"patience = {patience!r} is not valid; it must be >= 1")
+        check_choice("warmup_method", warmup_method, ("linear", "constant"))
         self.gamma, self.patience, self.threshold = gamma, patience, threshold
-        self.max_iter = max_iter
-        self.warmup = (warmup_factor, warmup_iters, warmup_method)
+        # As detectron2's schedulers: the warm-up is at most the whole run.
+        self.warmup = (warmup_factor, min(warmup_iters, max_iter), warmup_method)
         self.best: Optional[float] = None
         self.bad_evaluations = 0
         self.reductions = 0
@@ -158,6 +159,15 @@ class WarmupPlateauLR(torch.optim.lr_scheduler._LRScheduler):
             return factor
         alpha = self.last_epoch / iters
         return factor * (1 - alpha) + alpha  # linear, as detectron2's WarmupParamScheduler
+
+    # The state a resume restores; the settings come from the config of the resumed run.
+    _STATE = ("last_epoch", "base_lrs", "_last_lr", "best", "bad_evaluations", "reductions")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: self.__dict__[k] for k in self._STATE if k in self.__dict__}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.update({k: v for k, v in state_dict.items() if k in self._STATE})
 
     def get_lr(self) -> list[float]:
         multiplier = self._warmup_multiplier() * self.gamma**self.reductions
@@ -216,8 +226,8 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
     return WarmupPlateauLR(
         optimizer,
         gamma=cfg.SOLVER.GAMMA,
-        patience=cfg.SOLVER.get("PLATEAU_PATIENCE", 2),
-        threshold=cfg.SOLVER.get("PLATEAU_THRESHOLD", 0.1),
+        patience=cfg.SOLVER.PLATEAU_PATIENCE,
+        threshold=cfg.SOLVER.PLATEAU_THRESHOLD,
         max_iter=cfg.SOLVER.MAX_ITER,
         warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
         warmup_iters=cfg.SOLVER.WARMUP_ITERS,

@@ -94,13 +94,16 @@ def plot_classification_curve(metrics_json: str, out_png: str, title: str = "") 
         for r in records:
             key = next((k for k in r if k == suffix or k.endswith("/" + suffix)), None)
             if key is not None:
-                xs.append(r["iteration"] + 1)
+                # The final evaluation is logged at iteration max_iter, the others at the
+                # index of their iteration: both mean "after that many iterations".
+                xs.append(min(r["iteration"] + 1, last))
                 ys.append(100.0 - r[key])
         return xs, ys
 
     fig = Figure(figsize=(7, 6))
     ax, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     iters = [r["iteration"] + 1 for r in train]
+    last = max(iters[-1], max(r["iteration"] for r in records))
     ax.plot(iters, [r["train_error"] for r in train], lw=1, color="tab:blue", label="train error")
     for suffix, style, label in (
         ("classification/top1", "o-", "validation error"),

@@ -52,7 +52,10 @@ def small_imagenet_opts(out, *extra):
     return [
         "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out),
         "CLS.SCALE_RANGE", "(64, 72)", "CLS.CROP", "56", "CLS.TEST_RESIZE", "64",
-        "SOLVER.IMS_PER_BATCH", "4", "CLS.TEST_BATCH_SIZE", "8", *extra,
+        "SOLVER.IMS_PER_BATCH", "4", "CLS.TEST_BATCH_SIZE", "8",
+        # A few iterations with no evaluation in between: the paper's plateau schedule needs
+        # evaluations.
+        "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", "()", *extra,
     ]  # fmt: skip
 
 
@@ -199,8 +202,8 @@ def _digits_cfg(out, *opts):
     return load_config(
         DIGITS_R20,
         [
-            "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.IMS_PER_BATCH", "16",
-            "SOLVER.STEPS", "(4,)", "SOLVER.CHECKPOINT_PERIOD", "3", "TEST.EVAL_PERIOD", "3",
+            "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "12", "SOLVER.IMS_PER_BATCH", "16",
+            "SOLVER.STEPS", "(8,)", "SOLVER.CHECKPOINT_PERIOD", "3", "TEST.EVAL_PERIOD", "2",
             "DATALOADER.NUM_WORKERS", "0", "CLS.EMA_DECAY", "0.8", "SEED", "5",
             "MODEL.RESNETS.DEPTH", "8", *opts,
         ],
@@ -208,32 +211,37 @@ def _digits_cfg(out, *opts):
 
 
 def _train(cfg, resume):
+    import argparse
+
     from detectron2.engine import default_setup
 
-    default_setup(cfg, argparse_namespace())
+    default_setup(cfg, argparse.Namespace(config_file="", eval_only=False))
     trainer = ClassificationTrainer(cfg)
     trainer.resume_or_load(resume=resume)
     trainer.train()
     return trainer
 
 
-def argparse_namespace():
-    import argparse
-
-    return argparse.Namespace(config_file="", eval_only=False)
+# An improvement of 100 error points never happens: every evaluation after the first reduces.
+_PLATEAU = [
+    "SOLVER.LR_SCHEDULER_NAME", "WarmupPlateauLR", "SOLVER.PLATEAU_PATIENCE", "1",
+    "SOLVER.PLATEAU_THRESHOLD", "100.0",
+]  # fmt: skip
 
 
 def test_n_iterations_equal_n_over_2_then_a_restart_and_n_over_2_more(tmp_path):
-    """Model, optimizer and EMA bitwise equal on the CPU, evaluations (and their effect on the
-    plateau schedule) included."""
+    """Model, optimizer, EMA and plateau schedule bitwise equal on the CPU, evaluations (and
+    their reductions of the LR, before and after the restart) included."""
     straight = _train(_digits_cfg(tmp_path / "straight", *_PLATEAU), resume=False)
-    assert straight.scheduler.best is not None  # the evaluations reached the schedule
+    # Evaluations after iterations 2, 4, ..., 10 report (the final one does not): 4 reductions.
+    assert straight.scheduler.reductions == 4
     half = tmp_path / "half"
     half.mkdir()
-    shutil.copy(tmp_path / "straight" / "model_0000002.pth", half)
-    (half / "last_checkpoint").write_text("model_0000002.pth")
+    shutil.copy(tmp_path / "straight" / "model_0000005.pth", half)
+    (half / "last_checkpoint").write_text("model_0000005.pth")
     resumed = _train(_digits_cfg(half, *_PLATEAU), resume=True)
-    assert resumed.start_iter == 3
+    assert resumed.start_iter == 6
+    assert resumed.scheduler.state_dict() == straight.scheduler.state_dict()
     a = torch.load(tmp_path / "straight" / "model_final.pth", weights_only=False)
     b = torch.load(half / "model_final.pth", weights_only=False)
     for key in ("model", "ema"):
@@ -246,10 +254,7 @@ def test_n_iterations_equal_n_over_2_then_a_restart_and_n_over_2_more(tmp_path):
         assert torch.equal(state["momentum_buffer"], optimizer_b[pid]["momentum_buffer"])
     # The EMA is not the model (it was restored, not rebuilt from the resumed weights).
     assert not torch.equal(a["ema"]["module.fc.weight"], a["model"]["fc.weight"])
-    assert int(b["ema"]["n_averaged"]) == 6
-
-
-_PLATEAU = ["SOLVER.LR_SCHEDULER_NAME", "WarmupPlateauLR", "SOLVER.PLATEAU_PATIENCE", "1"]
+    assert int(b["ema"]["n_averaged"]) == 12
 
 
 def test_chaos_resume_works_on_pretraining(tmp_path):
@@ -306,28 +311,39 @@ def _optimizer():
 
 def test_plateau_schedule_divides_by_gamma_after_patience_evaluations():
     optimizer = _optimizer()
-    scheduler = WarmupPlateauLR(optimizer, gamma=0.1, patience=2, threshold=0.5)
+    scheduler = WarmupPlateauLR(optimizer, gamma=0.1, patience=2, threshold=0.5, max_iter=10)
     for error, reduced in [(50, False), (40, False), (39.8, False), (39.9, True), (30, False)]:
         assert scheduler.report(error) is reduced
     assert scheduler.reductions == 1 and scheduler.best == 30
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
-    fresh = WarmupPlateauLR(_optimizer(), gamma=0.1, patience=2)
+    fresh = WarmupPlateauLR(_optimizer(), gamma=0.1, patience=2, threshold=0.5, max_iter=10)
     fresh.load_state_dict(scheduler.state_dict())
     assert (fresh.best, fresh.reductions, fresh.get_lr()) == (30, 1, pytest.approx([0.01]))
+
+
+_SETTINGS = {"gamma": 0.1, "patience": 2, "threshold": 0.1, "max_iter": 10}
 
 
 def test_plateau_schedule_warms_up_as_resnet_110():
     optimizer = _optimizer()
     scheduler = WarmupPlateauLR(
-        optimizer, warmup_factor=0.1, warmup_iters=3, warmup_method="constant"
+        optimizer,
+        **_SETTINGS,
+        warmup_factor=0.1,
+        warmup_iters=3,
+        warmup_method="constant",
     )
     rates = []
     for _ in range(5):
         rates.append(optimizer.param_groups[0]["lr"])
         scheduler.step()
     assert rates == pytest.approx([0.01, 0.01, 0.01, 0.1, 0.1])
+    with pytest.raises(ValueError, match="warmup_method = 'bogus' is not valid"):
+        WarmupPlateauLR(optimizer, **_SETTINGS, warmup_method="bogus")
+    # Its state is what a resume restores; its settings are the resumed config's.
+    assert set(scheduler.state_dict()) <= set(WarmupPlateauLR._STATE)
 
 
 def test_unknown_scheduler_names_the_valid_ones(cfg):
@@ -337,7 +353,9 @@ def test_unknown_scheduler_names_the_valid_ones(cfg):
 
 
 def test_bf16_autocast_step_on_the_cpu(tmp_path):
-    cfg = _digits_cfg(tmp_path, "SOLVER.AMP.ENABLED", "True", "CLS.CHANNELS_LAST", "True")
+    cfg = _digits_cfg(
+        tmp_path, "SOLVER.AMP.ENABLED", "True", "CLS.CHANNELS_LAST", "True", "TEST.EVAL_PERIOD", "0"
+    )
     trainer = ClassificationTrainer(cfg)
     assert type(trainer._trainer).__name__ == "CPUAutocastTrainer"
     before = trainer.model.fc.weight.detach().clone()
@@ -345,8 +363,11 @@ def test_bf16_autocast_step_on_the_cpu(tmp_path):
     trainer.iter = trainer.start_iter = 0
     from detectron2.utils.events import EventStorage
 
+    dtypes = []
+    trainer.model.res2.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     with EventStorage(0) as storage:
         trainer.run_step()
+    assert dtypes == [torch.bfloat16]
     assert trainer.model.fc.weight.dtype == torch.float32
     assert not torch.equal(before, trainer.model.fc.weight)
     assert torch.isfinite(torch.tensor(storage.history("total_loss").latest()))
@@ -399,9 +420,94 @@ def test_an_unreadable_training_image(tmp_path, mode, capsys):
 
 def test_metadata_is_what_the_loader_checks(tmp_path):
     cfg = load_config(R18, ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "('digits_train',)"])
+    cfg.DATASETS.TEST = ("digits_val",)
     model = ClassificationTrainer.build_model(cfg)
-    metadata = pretraining_metadata(cfg, model)
+    metadata = pretraining_metadata(cfg, model, [str(d) for d in range(10)])
     assert metadata["preset"] == "R-18" and metadata["num_classes"] == 10
+    assert metadata["classes"][:2] == ["0", "1"]
     assert metadata["stride_in_1x1"] is True and metadata["input_format"] == "BGR"
     # FrozenBN in a detection config becomes BN: a trained classifier learns its statistics.
     assert isinstance(model.res2[0].conv1.norm, torch.nn.BatchNorm2d)
+
+
+def test_two_processes_of_half_the_batch_equal_one_process(tmp_path):
+    """``--num-gpus 2`` without CUDA: 2 gloo processes of 8 images, SyncBN, against 1 process
+    of 16: the same weights, and the same top-1 from the distributed evaluation (each process
+    tests its share, the counts are summed)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    out = {}
+    for n in (1, 2):
+        out[n] = tmp_path / f"p{n}"
+        cmd = [
+            sys.executable, os.path.join(REPO, "tools/pretrain_net.py"), "--config", DIGITS_R20,
+            "--num-gpus", str(n), "--dist-url", "auto",
+            "MODEL.RESNETS.DEPTH", "8", "MODEL.RESNETS.NORM", "SyncBN", "CLS.TRAIN_AUG", "none",
+            "SOLVER.IMS_PER_BATCH", "16", "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "1",
+            "DATALOADER.NUM_WORKERS", "0", "SEED", "2", "OUTPUT_DIR", str(out[n]),
+            # Unit-scale inputs and a small LR: NaiveSyncBatchNorm's variance, E[x^2] - E[x]^2
+            # in float32, loses digits on raw pixels that LR 0.1 then amplifies.
+            "MODEL.PIXEL_STD", "[82.5, 82.5, 82.5]", "SOLVER.BASE_LR", "0.01",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {n: json.loads((out[n] / "eval_results.json").read_text()) for n in (1, 2)}
+    assert results[1]["top1"] == results[2]["top1"] and results[1]["num_images"] == 355
+    metrics = {n: (out[n] / "metrics.json").read_text().splitlines() for n in (1, 2)}
+    errors = {n: [json.loads(line).get("train_error") for line in metrics[n]] for n in (1, 2)}
+    assert errors[1] == errors[2]  # of the whole batch in both
+    weights = {}
+    for n in (1, 2):
+        for name in ("model_0000000.pth", "model_final.pth"):
+            weights[n, name] = torch.load(out[n] / name, weights_only=False)["model"]
+    one, two, first = (
+        weights[1, "model_final.pth"],
+        weights[2, "model_final.pth"],
+        weights[1, "model_0000000.pth"],
+    )
+    # NaiveSyncBatchNorm keeps the biased variance (see test_distributed.py); its batch
+    # variance, E[x^2] - E[x]^2 in float32, differs from BatchNorm's in the last digits, which
+    # three SGD steps carry into the weights: they agree to 1e-4, while the steps after the
+    # first moved them by far more.
+    compared = [n for n in one if not n.endswith(("running_var", "num_batches_tracked"))]
+    difference = max(float((one[n] - two[n]).abs().max()) for n in compared)
+    moved = max(float((one[n] - first[n]).abs().max()) for n in compared)
+    print(f"max |1 process - 2 processes| {difference:.3g}; moved by {moved:.3g}")
+    assert difference < 1e-4 and moved > 100 * difference
+
+
+def test_a_validation_folder_lacking_a_class_keeps_the_training_labels(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    train = write_image_folder(tmp_path / "train", classes=3, per_class=1)
+    val = write_image_folder(tmp_path / "val", classes=3, per_class=1)
+    shutil.rmtree(os.path.join(val, "class_00"))
+    pretrain_net.register_folders([["lack_val", val], ["lack_train", train]], train=("lack_train",))
+    assert MetadataCatalog.get("lack_val").classes == ["class_00", "class_01", "class_02"]
+    assert sorted(r["label"] for r in DatasetCatalog.get("lack_val")) == [1, 2]
+    extra = write_image_folder(tmp_path / "extra", classes=4, per_class=1)
+    with pytest.raises(Exception, match="has classes the training folder lacks: class_03;"):
+        pretrain_net.register_folders(
+            [["more_train", train], ["more_val", extra]], train=("more_train",)
+        )
+
+
+def test_eval_only_reads_the_test_set_alone(torchvision_r18, tmp_path, monkeypatch):
+    """The training set of the config (ImageNet's, not on disk here) is not read."""
+    _, path, root = torchvision_r18
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
+    argv = [
+        "--config", R18, "--eval-only", "--dataset", "tv_val", root,
+        *small_imagenet_opts(tmp_path / "eval"), *TORCHVISION_INPUT,
+        "MODEL.RESNETS.STRIDE_IN_1X1", "False", "MODEL.WEIGHTS", path,
+        "DATASETS.TEST", "('tv_val',)",
+    ]  # fmt: skip
+    assert pretrain_net.main(argv) == 0
+    assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["num_images"] == 30
+
+
+def test_plateau_without_evaluations_is_refused(tmp_path):
+    cfg = _digits_cfg(tmp_path, *_PLATEAU, "TEST.EVAL_PERIOD", "0")
+    with pytest.raises(ConfigError, match="evaluate nothing during training"):
+        ClassificationTrainer(cfg)

@@ -3,7 +3,7 @@
 ends exactly where an uninterrupted run ends.
 
     python tools/chaos_resume.py --config CONFIG --kills 10 [--dataset NAME JSON ROOT] [KEY VALUE ...]
-    python tools/chaos_resume.py --tool pretrain --config configs/digits/resnet_20.yaml ...
+    python tools/chaos_resume.py --tool pretrain --config CONFIG [--image-folder NAME ROOT] ...
 
 1. Trains the config straight through into ``WORKDIR/straight``.
 2. Trains it again into ``WORKDIR/chaos``, with ``--resume`` every time, killing the process
@@ -258,15 +258,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument(
         "--dataset",
-        nargs="+",
+        nargs=3,
         action="append",
         default=[],
-        metavar="ARG",
-        help="passed on to the tool: NAME JSON_FILE IMAGE_ROOT (train: COCO-format data) or "
-        "NAME ROOT (pretrain: an ImageFolder folder)",
+        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
+        help="passed on to the train tool: COCO-format data registered as NAME",
+    )
+    parser.add_argument(
+        "--image-folder",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "ROOT"),
+        help="passed on to the pretrain tool as --dataset NAME ROOT: an ImageFolder folder",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    wrong = {"train": args.image_folder, "pretrain": args.dataset}[args.tool]
+    if wrong:
+        option = "--image-folder" if args.tool == "train" else "--dataset"
+        parser.error(f"{option} is not an option of --tool {args.tool}")
     summary = chaos_resume(
         args.config,
         args.opts,
@@ -274,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.workdir,
         seed=args.seed,
         timeout=args.timeout,
-        datasets=args.dataset,
+        datasets=args.dataset + args.image_folder,
         tool=args.tool,
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "events"}, indent=1))

@@ -89,9 +89,9 @@ class ClassificationModel(nn.Module):
 
     ``model(batched_inputs)``, a list of ``{"image": (3, H, W) float tensor, the network's input
     already (see resnet_backbones.data.cls_transforms), "label": int}``, returns
-    ``{"loss_cls": cross-entropy}`` in training (and puts the batch's top-1 error, in percent,
-    into detectron2's event storage as ``train_error``: the thin curves of the ResNet paper's
-    Fig. 4) and the logits ``(N, num_classes)`` in eval. In eval, inputs with ``"views"`` (the
+    ``{"loss_cls": cross-entropy}`` in training (and puts the top-1 error of the batch of all
+    processes, in percent, into detectron2's event storage as ``train_error``: the thin curves of
+    the ResNet paper's Fig. 4) and the logits ``(N, num_classes)`` in eval. In eval, inputs with ``"views"`` (the
     groups of a test protocol, :class:`~resnet_backbones.data.cls_transforms.TestViews`)
     instead of ``"image"`` give the softmax scores averaged over their views
     (:func:`~resnet_backbones.data.cls_transforms.average_scores`).
@@ -173,9 +173,21 @@ class ClassificationModel(nn.Module):
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         storage = _current_storage()
         if storage is not None:
-            wrong = (logits.detach().argmax(dim=1) != labels).float().mean()
-            storage.put_scalar("train_error", 100.0 * float(wrong))
+            storage.put_scalar("train_error", _batch_error(logits.detach(), labels))
         return {"loss_cls": loss}
+
+
+def _batch_error(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The top-1 error (percent) of the batch of every process (summed over them where there
+    are several)."""
+    from detectron2.utils import comm
+
+    counts = torch.stack([(logits.argmax(dim=1) != labels).sum(), torch.tensor(labels.numel())]).to(
+        logits.device, torch.float64
+    )
+    if comm.get_world_size() > 1:
+        torch.distributed.all_reduce(counts)
+    return 100.0 * float(counts[0] / counts[1])
 
 
 def _current_storage():
