@@ -330,7 +330,11 @@ def benchmark(
             f"calibration: detectron2's R-101 forward at {calibration_size[0]}x{calibration_size[1]}"
         )
         reference = calibration_model()
-        calibration = {"before_s": calibrate(reference, calibration_repeats, calibration_size)}
+        calibration = {
+            "before_s": calibrate(reference, calibration_repeats, calibration_size),
+            # Runnable processes (1-minute average): on a shared machine, how loaded it was.
+            "load_average_before": os.getloadavg()[0],
+        }
         results: dict[str, Any] = {}
         common = dict(
             batch=batch,
@@ -374,6 +378,7 @@ def benchmark(
             del loops
             gc.collect()
         calibration["after_s"] = calibrate(reference, calibration_repeats, calibration_size)
+        calibration["load_average_after"] = os.getloadavg()[0]
     return {
         "device": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
         "torch_threads": torch.get_num_threads(),
@@ -423,7 +428,8 @@ def format_table(result: dict[str, Any]) -> str:
         )
     c = result["calibration"]
     lines.append(
-        f"calibration ({c['what']}): {c['before_s']:.2f} s before, {c['after_s']:.2f} s after"
+        f"calibration ({c['what']}): {c['before_s']:.2f} s before, {c['after_s']:.2f} s after; "
+        f"load average {c['load_average_before']:.1f} before, {c['load_average_after']:.1f} after"
     )
     return "\n".join(lines)
 
