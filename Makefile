@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 QUICKSTART_CONFIG := configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml
 QUICKSTART_OUT ?= output/quickstart
 
-.PHONY: install quickstart test lint format benchmark model-zoo clean
+.PHONY: install quickstart test lint format benchmark benchmark-pretrain model-zoo clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ format: install
 # Our default R-101 against detectron2's own, timed in one process (see tools/benchmark_backbone.py).
 benchmark: install
 	$(PY) tools/benchmark_backbone.py
+
+# Training images/s of pretraining (R-18 and R-50 at 224, the ResNet paper's recipe) against a
+# plain PyTorch loop with torchvision's transforms, in one process (tools/benchmark_pretrain.py).
+benchmark-pretrain: install
+	$(PY) tools/benchmark_pretrain.py --out output/benchmark_pretrain.json
 
 # Recount parameters and MACs of every preset (docs/model_complexity.json), then regenerate the
 # tables of MODEL_ZOO.md from it and from the weights catalog.
