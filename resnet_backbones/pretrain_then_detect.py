@@ -246,7 +246,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--workdir", default="/tmp/pretrain_then_detect", help="where every run writes its folder"
     )
-    parser.add_argument("--skip-scratch", action="store_true", help="only the pretrained runs")
+    parser.add_argument(
+        "--inits",
+        nargs="+",
+        choices=INITS,
+        default=list(INITS),
+        help="which detection runs: fine-tuned from the pretraining (which then runs first) and "
+        "from scratch; two invocations with one each over the same --workdir can share a "
+        "machine, and a third with both then only reads the finished runs",
+    )
     parser.add_argument(
         "--reuse-scratch",
         metavar="DIR",
@@ -279,6 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "pretrain_config": os.path.relpath(PRETRAIN_CONFIG, REPO),
         "pretrain_opts": args.pretrain_opts,
         "seeds": args.seeds,
+        "inits": args.inits,
         "detect_iters": full,
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
@@ -290,7 +299,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # 1. Pretraining, once.
     pre_dir = os.path.join(workdir, "pretrain")
     weights = os.path.join(pre_dir, "model_final.pth")
-    if not os.path.isfile(os.path.join(pre_dir, "model_final.json")):
+    if "pretrained" not in args.inits:
+        print("No pretrained runs asked for (--inits): no pretraining", flush=True)
+    elif not os.path.isfile(os.path.join(pre_dir, "model_final.json")):
         _run(
             [python, "tools/pretrain_net.py", "--config", PRETRAIN_CONFIG, "--resume",
              *args.pretrain_opts, "OUTPUT_DIR", pre_dir],
@@ -321,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dirs: dict[str, dict[int, str]] = {i: {} for i in INITS}
     for seed in args.seeds:
         for init in INITS:
-            if init == "scratch" and args.skip_scratch:
+            if init not in args.inits:
                 continue
             out_dir = os.path.join(workdir, f"seed{seed}", init)
             if init == "scratch" and seed == reused_seed:
