@@ -194,6 +194,19 @@ def r101_forward_seconds(repeats: int = 3, size: tuple[int, int] = (800, 1216)) 
     return statistics.median(times)
 
 
+def _calibrate(repeats: int) -> Optional[float]:
+    if repeats <= 0:
+        return None
+    print("Calibration: detectron2's R-101 forward at 800x1216 ...", flush=True)
+    seconds = r101_forward_seconds(repeats)
+    print(f"  {seconds:.2f} s", flush=True)
+    return seconds
+
+
+def _fmt_s(seconds: Optional[float]) -> str:
+    return "not measured" if seconds is None else f"{seconds:.2f} s"
+
+
 def _read_json(path: str) -> Optional[dict]:
     if not os.path.isfile(path):
         return None
@@ -271,7 +284,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=[],
         help="KEY VALUE overrides of the pretraining config (last option: takes the rest)",
     )
-    parser.add_argument("--calibration-repeats", type=int, default=3)
+    parser.add_argument(
+        "--calibration-repeats",
+        type=int,
+        default=3,
+        help="timed R-101 forwards before the first run and after the last (0: none)",
+    )
     return parser.parse_args(argv)
 
 
@@ -291,9 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "detect_iters": full,
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
-    print("Calibration: detectron2's R-101 forward at 800x1216 ...", flush=True)
-    record["r101_forward_s_before"] = r101_forward_seconds(args.calibration_repeats)
-    print(f"  {record['r101_forward_s_before']:.2f} s", flush=True)
+    record["r101_forward_s_before"] = _calibrate(args.calibration_repeats)
     start = time.time()
 
     # 1. Pretraining, once.
@@ -356,7 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # 3. Aggregate and report.
     record["experiment_wall_s"] = time.time() - start
-    record["r101_forward_s_after"] = r101_forward_seconds(args.calibration_repeats)
+    record["r101_forward_s_after"] = _calibrate(args.calibration_repeats)
     summary = summarize(aps, checkpoints)
     record["runs"] = {
         init: {
@@ -377,8 +393,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         table,
         "",
         record["verdict"],
-        f"Calibration: detectron2's R-101 forward at 800x1216 {record['r101_forward_s_before']:.2f}"
-        f" s before, {record['r101_forward_s_after']:.2f} s after; experiment wall time "
+        f"Calibration: detectron2's R-101 forward at 800x1216 "
+        f"{_fmt_s(record['r101_forward_s_before'])} before, "
+        f"{_fmt_s(record['r101_forward_s_after'])} after; experiment wall time "
         f"{record['experiment_wall_s']:.0f} s (runs done in earlier invocations not included).",
     ]
     text = "\n".join(lines)

@@ -21,6 +21,7 @@ from resnet_backbones.pretrain_then_detect import (
     aggregate,
     bbox_ap_by_iteration,
     format_table,
+    main,
     summarize,
     verdict,
 )
@@ -121,3 +122,39 @@ def test_the_configs_agree_and_the_pretrained_weights_load_into_the_quickstart(t
     det.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
     with pytest.raises(MetadataMismatchError, match="PIXEL_STD"):
         FamilyCheckpointer(build_model(det), cfg=det).load(str(path))
+
+
+def _finished_detection_run(folder, evaluations, seed=0, weights=""):
+    folder.mkdir(parents=True)
+    _write_metrics(folder / "metrics.json", evaluations)
+    (folder / "model_final.pth").write_bytes(b"")
+    (folder / "config.yaml").write_text(
+        f"MODEL:\n  WEIGHTS: '{weights}'\nSOLVER:\n  MAX_ITER: 520\nSEED: {seed}\n"
+    )
+    return folder
+
+
+def test_finished_runs_are_read_not_rerun_and_a_quickstart_run_is_reused(tmp_path, capsys):
+    """Every run of the experiment finished already (a rerun after an interruption): nothing is
+    started (a subprocess would fail on the empty checkpoints), the quickstart run of `make
+    quickstart` stands in for seed 0's scratch run, and the summary is written."""
+    work = tmp_path / "work"
+    (work / "pretrain").mkdir(parents=True)
+    (work / "pretrain" / "model_final.json").write_text("{}")
+    (work / "pretrain" / "eval_results.json").write_text(json.dumps({"top1": 97.5, "top5": 100}))
+    _finished_detection_run(work / "seed0" / "pretrained", {260: 50.0, 520: 60.0}, weights="x")
+    quickstart = _finished_detection_run(tmp_path / "quickstart", {520: 54.0})
+    (work / "seed0" / "scratch").mkdir()  # an unfinished run there is not used
+    main(["--seeds", "0", "--workdir", str(work), "--reuse-scratch", str(quickstart),
+          "--calibration-repeats", "0"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "$ " not in out  # no command was run
+    assert "val top-1 97.5 %" in out
+    assert "| scratch | 0 | - | 54.0 |" in out
+    assert "does not reach the scratch AP in half the iterations (difference -4.0)" in out
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["runs"]["scratch"]["0"]["output_dir"] == str(quickstart)
+    assert summary["summary"]["pretrained"]["per_seed"]["0"] == {"260": 50.0, "520": 60.0}
+    assert summary["pretrain"]["eval_results"]["top1"] == 97.5
+    assert summary["r101_forward_s_before"] is None
+    assert (work / "summary.md").read_text().startswith("Pretraining (R-18 on shapes_cls)")
