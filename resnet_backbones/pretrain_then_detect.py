@@ -51,12 +51,15 @@ INITS = ("pretrained", "scratch")
 _WALL_FILE = "wall_time.json"
 
 
-def bbox_ap_by_iteration(metrics_path: str) -> dict[int, dict[str, float]]:
+def bbox_ap_by_iteration(metrics_path: str, max_iter: int) -> dict[int, dict[str, float]]:
     """The box AP of each evaluation in a detectron2 ``metrics.json`` (one JSON object a line),
-    keyed by the number of iterations done when it ran (the line's ``iteration`` + 1: detectron2
-    records an evaluation after iteration ``k - 1`` as ``"iteration": k - 1``). Values are
-    ``{"AP": ..., "AP50": ..., ...}`` from the ``bbox/*`` keys; where a resumed run evaluated
-    the same iteration twice, the last line wins. A missing file gives ``{}``.
+    keyed by the number of iterations done when it ran. detectron2 records an evaluation during
+    training, after step ``k`` (0-based), under ``"iteration": k`` (``k + 1`` done), and the
+    final one, run by ``after_train``, under ``"iteration": max_iter`` (its ``storage.iter`` is
+    then ``max_iter``; detectron2 skips the periodic evaluation at the last step).
+
+    Values are ``{"AP": ..., "AP50": ..., ...}`` from the ``bbox/*`` keys; where a resumed run
+    evaluated the same iteration twice, the last line wins. A missing file gives ``{}``.
 
     Raises:
         ValueError: a line that is not a JSON object, naming the file and the line.
@@ -76,7 +79,8 @@ def bbox_ap_by_iteration(metrics_path: str) -> dict[int, dict[str, float]]:
                 raise ValueError(f"{metrics_path}, line {number}: not a JSON object")
             ap = {k[len("bbox/") :]: float(v) for k, v in record.items() if k.startswith("bbox/")}
             if ap and "iteration" in record:
-                found[int(record["iteration"]) + 1] = ap
+                iteration = int(record["iteration"])
+                found[iteration if iteration == max_iter else iteration + 1] = ap
     return found
 
 
@@ -237,7 +241,7 @@ def _run(command: list[str], out_dir: str, log: str) -> float:
 
 def _detection_done(out_dir: str, max_iter: int) -> bool:
     return os.path.isfile(os.path.join(out_dir, "model_final.pth")) and max_iter in (
-        bbox_ap_by_iteration(os.path.join(out_dir, "metrics.json"))
+        bbox_ap_by_iteration(os.path.join(out_dir, "metrics.json"), max_iter)
     )
 
 
@@ -365,7 +369,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     out_dir,
                     os.path.join(workdir, f"seed{seed}_{init}.log"),
                 )  # fmt: skip
-            aps[init][seed] = bbox_ap_by_iteration(os.path.join(out_dir, "metrics.json"))
+            aps[init][seed] = bbox_ap_by_iteration(os.path.join(out_dir, "metrics.json"), full)
             walls[init][seed] = (_read_json(os.path.join(out_dir, _WALL_FILE)) or {}).get("wall_s")
             dirs[init][seed] = out_dir
     aps = {k: v for k, v in aps.items() if v}

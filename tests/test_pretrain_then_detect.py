@@ -30,26 +30,28 @@ from resnet_backbones.weights.errors import MetadataMismatchError
 
 
 def _write_metrics(path, evaluations, resumed=()):
-    """A metrics.json as detectron2 writes it: training lines every 20 iterations, and the
-    box AP of an evaluation after k iterations on the line of iteration k - 1; ``resumed``
+    """A metrics.json as detectron2 writes it (as in the quickstart's): training lines every 20
+    iterations; the box AP of an evaluation during training, after k iterations, on the line of
+    iteration k - 1, and that of the final one (after 520) on a line of iteration 520; ``resumed``
     appends evaluations again, as a run resumed after them does."""
     lines = [{"iteration": i, "total_loss": 1.0 / (i + 1), "lr": 0.002} for i in range(19, 520, 20)]
     for done, ap in [*evaluations.items(), *resumed]:
-        lines.append({"iteration": done - 1, "bbox/AP": ap, "bbox/AP50": ap + 20, "lr": 0.001})
+        line = {"iteration": done if done == 520 else done - 1, "bbox/AP": ap, "bbox/AP50": ap + 20}
+        lines.append(line)
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
 
 def test_bbox_ap_is_keyed_by_the_iterations_done_and_the_last_evaluation_wins(tmp_path):
     path = _write_metrics(tmp_path / "metrics.json", {260: 30.5, 520: 50.25}, resumed=[(520, 51)])
-    found = bbox_ap_by_iteration(str(path))
+    found = bbox_ap_by_iteration(str(path), 520)
     assert sorted(found) == [260, 520]
     assert found[260] == {"AP": 30.5, "AP50": 50.5}
     assert found[520]["AP"] == 51.0
-    assert bbox_ap_by_iteration(str(tmp_path / "missing.json")) == {}
+    assert bbox_ap_by_iteration(str(tmp_path / "missing.json"), 520) == {}
     path.write_text(path.read_text() + "{not json\n")
     with pytest.raises(ValueError, match=r"metrics.json, line 30: not JSON"):
-        bbox_ap_by_iteration(str(path))
+        bbox_ap_by_iteration(str(path), 520)
 
 
 def test_aggregate_summary_table_and_verdict(tmp_path):
