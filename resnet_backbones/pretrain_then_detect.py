@@ -174,28 +174,11 @@ def verdict(summary: dict[str, Any], half: int, full: int) -> str:
 
 
 def r101_forward_seconds(repeats: int = 3, size: tuple[int, int] = (800, 1216)) -> float:
-    """Median seconds of detectron2's R-101 backbone forward on a 1x3xHxW input, after one
-    warm-up (the calibration that MODEL_ZOO.md quotes beside its times; tools/
-    benchmark_backbone.py times the same network)."""
-    # resnet_backbones, imported before this module, has installed detectron2's _C stand-in.
-    import torch
-    from detectron2.config import get_cfg
-    from detectron2.layers import ShapeSpec
-    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+    """The calibration MODEL_ZOO.md quotes beside its times
+    (:func:`resnet_backbones.calibration.r101_forward_seconds`)."""
+    from .calibration import r101_forward_seconds as calibration
 
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.DEPTH = 101
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    model = build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
-    x = torch.randn(1, 3, *size)
-    times = []
-    with torch.no_grad():
-        model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return calibration(repeats, size)
 
 
 def _calibrate(repeats: int) -> Optional[float]:

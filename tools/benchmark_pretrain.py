@@ -61,14 +61,11 @@ import resnet_backbones  # noqa: F401
 
 # isort: split
 import torchvision
-from detectron2.config import get_cfg
 from detectron2.engine import hooks
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.utils.events import EventStorage
 from torchvision.transforms import v2
 
-from resnet_backbones import add_resnet_backbones_config
+from resnet_backbones.calibration import detectron2_r101, forward_seconds
 from resnet_backbones.data.classification import register_image_folder
 from resnet_backbones.data.cls_transforms import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS
 from resnet_backbones.engine import load_config
@@ -174,6 +171,8 @@ def build_ours(
             "MODEL.RESNETS.STRIDE_IN_1X1", "False",
             "DATASETS.TRAIN", f"('{dataset}',)",
             "DATASETS.TEST", "()",
+            # No evaluation: the paper's plateau schedule would have nothing to go on.
+            "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", "()",
             "DATALOADER.NUM_WORKERS", str(workers),
             "SOLVER.IMS_PER_BATCH", str(batch),
             "SOLVER.BASE_LR", "0.0",
@@ -264,26 +263,14 @@ def build_baseline(
 # Timing
 # --------------------------------------------------------------------------------------------
 def calibration_model() -> torch.nn.Module:
-    """detectron2's default R-101 backbone (FrozenBN, stride in the 1x1 conv), in eval mode:
-    the network of the calibration MODEL_ZOO.md quotes beside every absolute time."""
-    cfg = get_cfg()
-    add_resnet_backbones_config(cfg)
-    cfg.MODEL.RESNETS.DEPTH = 101
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    return build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
+    """detectron2's default R-101 backbone: the network of the calibration MODEL_ZOO.md quotes
+    beside every absolute time (:mod:`resnet_backbones.calibration`)."""
+    return detectron2_r101()
 
 
 def calibrate(model: torch.nn.Module, repeats: int, size: Sequence[int]) -> float:
     """Median seconds of ``model``'s forward on one ``size`` image (fp32), after a warm-up."""
-    x = torch.randn(1, 3, *size)
-    times = []
-    with torch.no_grad():
-        model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return forward_seconds(model, repeats, size)
 
 
 def _time_block(step: Callable[[], None], iters: int) -> float:
