@@ -430,8 +430,9 @@ class _MetricsAtCheckpoints(hooks.HookBase):
 class CPUAutocastTrainer(SimpleTrainer):
     """detectron2's SimpleTrainer with the forward in bfloat16 autocast on the CPU: what
     ``SOLVER.AMP.ENABLED`` means without CUDA for pretraining (detectron2's AMPTrainer, fp16
-    with a grad scaler, needs CUDA; the detection Trainer does not use it yet). bfloat16 has float32's exponent range, so no loss scaling is needed;
-    the weights, gradients and optimizer stay in float32."""
+    with a grad scaler, needs CUDA; the detection Trainer does not use it yet). bfloat16 has
+    float32's exponent range, so no loss scaling is needed; the weights, gradients and
+    optimizer stay in float32."""
 
     def run_step(self) -> None:
         assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"

@@ -18,6 +18,7 @@ from resnet_backbones.output_dir import (
     OutputDirInUseError,
     PreviousRunError,
     claim_output_dir,
+    release,
 )
 from resnet_backbones.resume import capture_rng_state, restore_rng_state
 from resnet_backbones.train_net import main
@@ -299,3 +300,27 @@ def test_a_kill_while_writing_model_final_is_finished_by_resume(tmp_path, own_da
     assert all(torch.equal(final["model"][k], v) for k, v in last["model"].items())
     assert not (tmp_path / ".model_final.pth.tmp-999999-x").exists()
     assert (tmp_path / "metrics.json").read_text().splitlines() == lines
+
+
+def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path):
+    """A DataLoader worker forked while the run holds OUTPUT_DIR outlives its killed parent by
+    seconds: its copy of the lock file must not hold the lock (flock belongs to the open file,
+    which a fork shares), or the --resume that follows is refused."""
+    import time
+
+    lock = claim_output_dir(str(tmp_path), resume=False)
+    started, ready = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker (past the fork handlers): still alive after its parent lets go
+        os.write(ready, b"1")
+        time.sleep(2)
+        os._exit(0)
+    try:
+        os.read(started, 1)
+        release(lock)
+        again = claim_output_dir(str(tmp_path), resume=True)  # while the child lives
+        release(again)
+    finally:
+        os.waitpid(pid, 0)
+        os.close(started)
+        os.close(ready)
