@@ -33,15 +33,12 @@ import resnet_backbones  # noqa: F401
 # isort: split
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.engine import default_setup
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 from .data import DatasetFormatError, register_datasets
 from .data.classification import register_image_folder
-from .engine import ConfigError, check_datasets, load_config, use_cpu_if_no_cuda
-from .model_zoo import resolve_config_file
-from .output_dir import claim_output_dir_everywhere, release
+from .engine import ConfigError
+from .output_dir import release
 from .pretrain import ClassificationTrainer, _per_dataset, write_eval_results
 from .train_net import (
     _expected_errors_without_traceback,
@@ -49,6 +46,7 @@ from .train_net import (
     check_args,
     load_for_evaluation,
     run_command,
+    setup_run,
 )
 from .utils import first_n
 from .visualize import plot_classification_curve
@@ -60,22 +58,13 @@ logger = logging.getLogger("resnet_backbones.pretrain_net")
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """The config of this run (files, overrides), with its datasets (and ``--dataset``
-    folders) registered and checked."""
-    cfg = load_config(args.config_files, args.opts)
-    args.config_file = resolve_config_file(args.config_files[-1])
-    use_cpu_if_no_cuda(cfg)
-    cfg.freeze()
-    if not args.eval_only:
-        # Before default_setup writes OUTPUT_DIR/config.yaml (see train_net.setup).
-        args.output_lock = claim_output_dir_everywhere(
-            cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite
-        )
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnet_backbones")
-    register_datasets()
-    register_folders(args.dataset, train=cfg.DATASETS.TRAIN)
-    check_datasets(list(cfg.DATASETS.TRAIN if not args.eval_only else []) + list(cfg.DATASETS.TEST))
-    return cfg
+    folders) registered and checked (:func:`resnet_backbones.train_net.setup_run`)."""
+
+    def register(cfg: CfgNode) -> None:
+        register_datasets()
+        register_folders(args.dataset, train=cfg.DATASETS.TRAIN)
+
+    return setup_run(args, register)
 
 
 def register_folders(folders: Sequence[Sequence[str]], train: Sequence[str]) -> None:

@@ -76,6 +76,7 @@ __all__ = [
     "main",
     "parse_args",
     "run_command",
+    "setup_run",
 ]
 
 logger = logging.getLogger("resnet_backbones.train_net")
@@ -113,16 +114,20 @@ _INPUT_ERRORS = (
 _INPUT_ERROR_STATUS = 65
 
 
-def setup(args: argparse.Namespace) -> CfgNode:
-    """The config of this run (files, overrides, ``--dataset``), with its datasets registered
-    and checked."""
+def setup_run(
+    args: argparse.Namespace,
+    register: Callable[[CfgNode], None],
+    before_freeze: Optional[Callable[[CfgNode], None]] = None,
+) -> CfgNode:
+    """What the training and the pretraining commands do before they build anything: the
+    config (files, overrides, ``before_freeze(cfg)``, the CPU where CUDA is missing), OUTPUT_DIR
+    claimed for a training run, detectron2's ``default_setup``, the log, the datasets registered
+    by ``register(cfg)`` and checked."""
     cfg = load_config(args.config_files, args.opts)
     # detectron2's default_setup logs the contents of args.config_file: the file, not its name.
     args.config_file = resolve_config_file(args.config_files[-1])
-    if args.dataset:
-        cfg.DATASETS.COCO_FORMAT = list(cfg.DATASETS.COCO_FORMAT) + resolve_config_paths(
-            args.dataset, os.getcwd(), key="--dataset"
-        )
+    if before_freeze is not None:
+        before_freeze(cfg)
     use_cpu_if_no_cuda(cfg)
     cfg.freeze()
     if not args.eval_only:
@@ -133,9 +138,22 @@ def setup(args: argparse.Namespace) -> CfgNode:
         )
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnet_backbones")
-    register_config_datasets(cfg)
+    register(cfg)
     check_datasets(list(cfg.DATASETS.TRAIN if not args.eval_only else []) + list(cfg.DATASETS.TEST))
     return cfg
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """The config of this run (files, overrides, ``--dataset``), with its datasets registered
+    and checked."""
+
+    def add_datasets(cfg: CfgNode) -> None:
+        if args.dataset:
+            cfg.DATASETS.COCO_FORMAT = list(cfg.DATASETS.COCO_FORMAT) + resolve_config_paths(
+                args.dataset, os.getcwd(), key="--dataset"
+            )
+
+    return setup_run(args, register_config_datasets, before_freeze=add_datasets)
 
 
 class LoadedModelPredictor(DefaultPredictor):
