@@ -28,6 +28,7 @@ import importlib
 import itertools
 import json
 import os
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -40,6 +41,7 @@ from .utils import check_choice
 
 __all__ = [
     "COCO_EVAL_IMPLS",
+    "COCOEvalSummary",
     "COCOEvalUnavailable",
     "COCOEvaluator",
     "FAST_EVAL_INSTALL",
@@ -171,9 +173,38 @@ def evaluate_predictions_on_coco(
     return coco_eval
 
 
+@dataclass(frozen=True)
+class COCOEvalSummary:
+    """What an evaluated COCOeval found, without the matches it holds.
+
+    Attributes:
+        evaluator: the COCOeval's class, ``module.name``.
+        stats: the summary: AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl for
+            boxes and masks (faster-coco-eval's ``stats`` are these too).
+        precision: IoU x recall x category x area x max detections (-1: not defined).
+        recall: IoU x category x area x max detections.
+    """
+
+    evaluator: str
+    stats: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+
+    @classmethod
+    def of(cls, coco_eval: Any) -> COCOEvalSummary:
+        """The summary of an evaluated, accumulated and summarized COCOeval."""
+        kind = type(coco_eval)
+        return cls(
+            evaluator=f"{kind.__module__}.{kind.__name__}",
+            stats=np.array(coco_eval.stats, dtype=np.float64),
+            precision=np.asarray(coco_eval.eval["precision"]),
+            recall=np.asarray(coco_eval.eval["recall"]),
+        )
+
+
 class COCOEvaluator(_DetectronCOCOEvaluator):
     """detectron2's ``COCOEvaluator`` on faster-coco-eval or pycocotools (``impl``, see the
-    module docstring), which also keeps each task's evaluated COCOeval in :attr:`coco_evals`.
+    module docstring), which also keeps each task's numbers in :attr:`summaries`.
 
     Args:
         dataset_name, tasks, distributed, output_dir, max_dets_per_image, kpt_oks_sigmas: as
@@ -184,8 +215,9 @@ class COCOEvaluator(_DetectronCOCOEvaluator):
 
     Attributes:
         impl: the implementation resolved: "faster_coco_eval" or "pycocotools".
-        coco_evals: after :meth:`evaluate`, the COCOeval of each evaluated task ("bbox" ...):
-            all 12 ``stats``, the precision array.
+        summaries: after :meth:`evaluate`, the :class:`COCOEvalSummary` of each evaluated task
+            ("bbox" ...): all 12 numbers, the precision and recall arrays. Not the COCOeval
+            itself, which holds every match (gigabytes on COCO val with pycocotools).
     """
 
     def __init__(
@@ -209,7 +241,7 @@ class COCOEvaluator(_DetectronCOCOEvaluator):
             use_fast_impl=impl == "auto" and self.impl == "pycocotools" and not uses_c_stand_in(),
             kpt_oks_sigmas=kpt_oks_sigmas,
         )
-        self.coco_evals: dict[str, Any] = {}
+        self.summaries: dict[str, COCOEvalSummary] = {}
         self._coco_gt = self._coco_api
         if self.impl == "faster_coco_eval":
             # faster-coco-eval's own COCO of the same file: its COCOeval reads the index that
@@ -278,7 +310,7 @@ class COCOEvaluator(_DetectronCOCOEvaluator):
                 else None  # cocoapi does not handle empty results very well
             )
             if coco_eval is not None:
-                self.coco_evals[task] = coco_eval
+                self.summaries[task] = COCOEvalSummary.of(coco_eval)
             res = self._derive_coco_results(
                 coco_eval, task, class_names=self._metadata.get("thing_classes")
             )
