@@ -243,7 +243,7 @@ class COCOEvaluator(_DetectronCOCOEvaluator):
         )
         self.summaries: dict[str, COCOEvalSummary] = {}
         self._coco_gt = self._coco_api
-        if self.impl == "faster_coco_eval":
+        if self.impl == "faster_coco_eval" and self._do_evaluation:
             # faster-coco-eval's own COCO of the same file: its COCOeval reads the index that
             # its COCO builds. detectron2's pycocotools COCO stays for the box proposals' AR.
             json_file = PathManager.get_local_path(self._metadata.json_file)

@@ -24,6 +24,7 @@ from resnet_backbones.coco_eval import (
     COCOEvaluator,
     COCOEvalUnavailable,
     evaluate_predictions_on_coco,
+    faster_coco_eval_available,
     resolve_coco_eval_impl,
 )
 from resnet_backbones.config import ConfigError
@@ -247,12 +248,14 @@ def test_custom_max_detections_match(tmp_path):
 
 def test_auto_chooses_faster_coco_eval_where_installed():
     pytest.importorskip("faster_coco_eval")
+    assert faster_coco_eval_available()
     assert resolve_coco_eval_impl("auto") == "faster_coco_eval"
     assert resolve_coco_eval_impl("pycocotools") == "pycocotools"
     assert resolve_coco_eval_impl("faster_coco_eval") == "faster_coco_eval"
 
 
 def test_without_faster_coco_eval_auto_is_pycocotools(without_faster_coco_eval):
+    assert not faster_coco_eval_available()
     assert resolve_coco_eval_impl("auto") == "pycocotools"
     with pytest.raises(COCOEvalUnavailable) as error:
         resolve_coco_eval_impl("faster_coco_eval", key="TEST.COCO_EVAL_IMPL")
@@ -282,7 +285,7 @@ def test_trainer_evaluator_follows_the_config_key(tmp_path, tiny_datasets):
         ConfigError, match=r"TEST.COCO_EVAL_IMPL = 'pycoco' is not valid; valid values: 'auto'"
     ):
         Trainer.build_evaluator(cfg, tiny_datasets[1])
-    if importlib.util.find_spec("faster_coco_eval") is not None:
+    if faster_coco_eval_available():
         cfg.TEST.COCO_EVAL_IMPL = "auto"
         assert Trainer.build_evaluator(cfg, tiny_datasets[1]).impl == "faster_coco_eval"
 
