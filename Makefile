@@ -15,7 +15,8 @@ $(STAMP): requirements.txt setup.py tools/install_env.sh
 	touch $@
 
 # Train Faster R-CNN R18-FPN on the built-in shapes dataset on the CPU, evaluate it with
-# pycocotools (prints the COCO AP table), and draw the learning curve and detections as PNGs.
+# faster-coco-eval (pycocotools' numbers; prints the COCO AP table), and draw the learning curve
+# and detections as PNGs.
 # --resume: a rerun continues an interrupted run, or re-evaluates a finished one (`make clean`
 # starts over).
 quickstart: install

@@ -20,12 +20,11 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter
 
 from . import solver
-from ._compat import uses_c_stand_in
+from .coco_eval import COCOEvaluator, resolve_coco_eval_impl
 from .config import ConfigError, add_resnet_backbones_config
 from .data import DatasetNotFoundError, register_config_datasets, register_datasets
 from .data.classification import check_classification_files
@@ -669,13 +668,15 @@ class ResumableTrainer(DefaultTrainer):
 
 
 class Trainer(ResumableTrainer):
-    """The detection trainer: :class:`ResumableTrainer` with COCO evaluation on pycocotools,
+    """The detection trainer: :class:`ResumableTrainer` with COCO evaluation on faster-coco-eval
+    or pycocotools (``TEST.COCO_EVAL_IMPL``, :mod:`resnet_backbones.coco_eval`),
     the built-in datasets and ``DATASETS.COCO_FORMAT`` registered, every dataset checked before
     training (:mod:`resnet_backbones.data.validate`) and read by the robust mapper, and the
     number of classes checked against the data (:func:`check_num_classes`).
 
-    Without detectron2's compiled ops, COCOEvaluator's fast path is unavailable; the evaluator
-    then runs plain pycocotools (``use_fast_impl=False``), with the same numbers.
+    Without detectron2's compiled ops, detectron2's own fast path (``COCOeval_opt``) is
+    unavailable; where faster-coco-eval is missing too, the evaluator runs plain pycocotools
+    (``use_fast_impl=False``), with the same numbers.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -737,6 +738,13 @@ class Trainer(ResumableTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
+        """:class:`resnet_backbones.coco_eval.COCOEvaluator` of the boxes, on the implementation
+        ``TEST.COCO_EVAL_IMPL`` stands for.
+
+        Raises:
+            ConfigError: the dataset is not COCO-evaluated, or ``TEST.COCO_EVAL_IMPL`` is not valid.
+            COCOEvalUnavailable: ``TEST.COCO_EVAL_IMPL`` is "faster_coco_eval", not installed.
+        """
         evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco")
         if evaluator_type != "coco":
             raise ConfigError(
@@ -744,10 +752,15 @@ class Trainer(ResumableTrainer):
                 "evaluates box detection with COCOEvaluator only (valid: 'coco')"
             )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        requested = cfg.TEST.get("COCO_EVAL_IMPL", "auto")
+        try:  # the errors name the key
+            resolve_coco_eval_impl(requested, key="TEST.COCO_EVAL_IMPL")
+        except ValueError as e:  # a bad value; COCOEvalUnavailable (an ImportError) passes
+            raise ConfigError(str(e)) from None
         return COCOEvaluator(
             dataset_name,
             tasks=("bbox",),
             distributed=True,
             output_dir=output_folder,
-            use_fast_impl=not uses_c_stand_in(),
+            impl=requested,
         )

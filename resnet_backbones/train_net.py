@@ -8,10 +8,10 @@
         DATASETS.TRAIN "('my_train',)"                        # your own COCO-format data
 
 It follows detectron2's ``tools/train_net.py``: DefaultTrainer, periodic checkpoints,
-COCOEvaluator (plain pycocotools where detectron2's compiled ops are missing). ``--config`` may
-be given more than once: the files are merged in order, a later one winning; trailing
-``KEY VALUE`` pairs override them all. A GPU config runs on the CPU, with a warning, where CUDA
-is missing.
+COCOEvaluator (on faster-coco-eval where it is installed, else pycocotools:
+``TEST.COCO_EVAL_IMPL``, :mod:`resnet_backbones.coco_eval`). ``--config`` may be given more than
+once: the files are merged in order, a later one winning; trailing ``KEY VALUE`` pairs override
+them all. A GPU config runs on the CPU, with a warning, where CUDA is missing.
 
 ``--num-gpus``, ``--num-machines``, ``--machine-rank`` and ``--dist-url`` are detectron2's, and
 work without CUDA too: ``--num-gpus N`` then starts N CPU processes joined with gloo (see
