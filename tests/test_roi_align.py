@@ -2,6 +2,9 @@
 op, and its swap into the models the Trainer builds."""
 
 import copy
+import importlib.util
+import json
+import os
 
 import pytest
 import torch
@@ -18,7 +21,7 @@ from resnet_backbones.modeling.roi_align import (
     use_fast_cpu_roi_align,
 )
 
-from .helpers import QUICKSTART
+from .helpers import QUICKSTART, REPO
 
 N, C, H, W = 3, 4, 11, 14
 
@@ -212,3 +215,19 @@ def test_use_fast_cpu_roi_align_counts_and_keeps_settings():
             2,
             aligned,
         )
+
+
+def test_benchmark_script_writes_the_table_rows(tmp_path):
+    path = os.path.join(REPO, "tools", "benchmark_train_step.py")
+    spec = importlib.util.spec_from_file_location("benchmark_train_step", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "result.json"
+    assert tool.main(["--config", QUICKSTART, "--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["calibration_s"] > 0 and result["calibration_size"] == [64, 64]
+    assert [len(v) for v in result["s_per_iter"].values()] == [1, 1]
+    for row in result["rows"]:
+        assert row["baseline_value"] > 0 and row["ours_value"] > 0
+        assert row["ratio"] == pytest.approx(row["baseline_value"] / row["ours_value"])
+        assert row["unit"] in ("s", "s/iter")
