@@ -141,6 +141,22 @@ def test_module_uses_torchvision_without_gradient():
     assert "FastCPUROIAlign" not in type(reference_out.grad_fn).__name__
 
 
+def test_module_under_bfloat16_autocast_follows_torchvision():
+    """torchvision computes roi_align in float32 under autocast and returns the input's dtype."""
+    x = torch.randn(N, C, H, W).bfloat16().requires_grad_(True)
+    rois = hard_rois(torch.float32)
+    outputs = []
+    for module in (ROIAlign((3, 3), 1.0, 2, True), FastCPUROIAlign((3, 3), 1.0, 2, True)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(x, rois)
+        (grad,) = torch.autograd.grad(out.float().square().sum(), x)
+        outputs.append((out, grad))
+    (expected, expected_grad), (got, got_grad) = outputs
+    assert got.dtype == expected.dtype == got_grad.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got_grad, expected_grad)
+
+
 def tiny_batch(num_images: int = 2, size: int = 64) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     batch = []

@@ -246,14 +246,15 @@ class FastCPUROIAlign(ROIAlign):
         if input.device.type != "cpu" or not (torch.is_grad_enabled() and input.requires_grad):
             return super().forward(input, rois)
         assert rois.dim() == 2 and rois.size(1) == 5
-        return roi_align_fast_cpu(
-            input,
-            rois.to(dtype=input.dtype),
-            self.output_size,
-            self.spatial_scale,
-            self.sampling_ratio,
-            self.aligned,
-        )
+        rois = rois.to(dtype=input.dtype)  # as detectron2's ROIAlign
+        options = (self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+        if torch.is_autocast_enabled("cpu") and input.dtype not in (torch.float32, torch.float64):
+            # torchvision's autocast rule for roi_align: computed in float32, returned in the
+            # input's dtype.
+            with torch.autocast("cpu", enabled=False):
+                out = roi_align_fast_cpu(input.float(), rois.float(), *options)
+            return out.to(input.dtype)
+        return roi_align_fast_cpu(input, rois, *options)
 
 
 def use_fast_cpu_roi_align(model: nn.Module) -> int:
