@@ -190,6 +190,12 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
     for key, default in _CLS_KEYS.items():
         if key not in cfg.CLS:
             setattr(cfg.CLS, key, default)
+    # Fast CPU training step (issue 12): the Trainer swaps every RoIAlign of the model (box, mask
+    # and keypoint poolers) for one whose backward on the CPU is a sparse matrix product instead
+    # of torchvision's serial kernel (resnet_backbones/modeling/roi_align.py). Same values and
+    # gradients; CUDA and inference keep torchvision's op. False keeps detectron2's module.
+    if "FAST_CPU_ROI_ALIGN" not in cfg.MODEL.ROI_HEADS:
+        cfg.MODEL.ROI_HEADS.FAST_CPU_ROI_ALIGN = True
     return cfg
 
 

@@ -6,7 +6,8 @@
 * :mod:`.stems`, :mod:`.blocks`: the ResNet family's stems, residual blocks and stage builder;
 * :mod:`.spec`: the typed ResNet-family spec, :func:`resnet_spec`;
 * :mod:`.resnet`: :class:`ResNetFamily` and its builders; :mod:`.rexnet`: :class:`ReXNet` and
-  its builders; :mod:`.roi_heads`: the C4 head; :mod:`.classifier`: pooled linear classifiers.
+  its builders; :mod:`.roi_heads`: the C4 head; :mod:`.classifier`: pooled linear classifiers;
+* :mod:`.roi_align`: RoIAlign with a fast CPU backward, :func:`use_fast_cpu_roi_align`.
 
 Nothing here reads ``MODEL.RESNETS`` or ``MODEL.REXNET``: :mod:`resnet_backbones.config` turns a
 config into the typed arguments the registered builders pass on.
@@ -32,6 +33,7 @@ from .resnet import (
     build_resnet_family_retinanet_fpn_backbone,
 )
 from .rexnet import ReXNet, build_rexnet_backbone, build_rexnet_fpn_backbone, rexnet_blocks
+from .roi_align import FastCPUROIAlign, use_fast_cpu_roi_align
 from .roi_heads import Res5FamilyROIHeads
 from .spec import BLOCK_ORDERS, DEPTHS, BlockOptions, ResNetSpec, StageSpec, resnet_spec
 from .stems import STEM_CLASSES
@@ -47,6 +49,7 @@ __all__ = [
     "BlockOptions",
     "BottleneckBlock",
     "DeformConv2d",
+    "FastCPUROIAlign",
     "ImageClassifier",
     "ReXNet",
     "Res2NetConv",
@@ -72,4 +75,5 @@ __all__ = [
     "resnet_spec",
     "retinanet_fpn",
     "rexnet_blocks",
+    "use_fast_cpu_roi_align",
 ]
