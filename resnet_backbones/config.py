@@ -179,6 +179,14 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
     # width and height tell, an error where both sizes are the same (square, 180°, mirrored).
     if "EXIF_BOXES" not in cfg.DATASETS:
         cfg.DATASETS.EXIF_BOXES = "auto"
+    # Activation checkpointing (issue 12): the stages, among "stem" and "res2".."res5", whose
+    # blocks keep no activations for the backward pass in training; each block saves only its
+    # input and runs again during the backward (resnet_backbones.modeling.base.checkpoint_blocks).
+    # Less memory for about one more forward of those stages; gradients and BN statistics are
+    # unchanged. [] is off; frozen stages (FREEZE_AT) keep no activations anyway.
+    for section in (cfg.MODEL.RESNETS, cfg.MODEL.REXNET):
+        if "ACTIVATION_CHECKPOINTING" not in section:
+            section.ACTIVATION_CHECKPOINTING = []
     if "CLS" not in cfg:
         cfg.CLS = CfgNode()
     for key, default in _CLS_KEYS.items():
@@ -250,7 +258,10 @@ RESNETS_ARGUMENTS: tuple[str, ...] = (
 # The keys errors name for the arguments of resnet_spec and ResNetFamily.
 RESNETS_NAMES = ArgumentNames(
     {
-        **{arg: f"MODEL.RESNETS.{arg.upper()}" for arg in RESNETS_ARGUMENTS + ("out_features",)},
+        **{
+            arg: f"MODEL.RESNETS.{arg.upper()}"
+            for arg in RESNETS_ARGUMENTS + ("out_features", "activation_checkpointing")
+        },
         "freeze_at": _FREEZE_AT_KEY,
     }
 )
@@ -258,7 +269,10 @@ RESNETS_NAMES = ArgumentNames(
 # configs build timm's rexnet_* networks, whose depth_mult is 1 and channel_divisor 1).
 REXNET_NAMES = ArgumentNames(
     {
-        **{arg: f"MODEL.REXNET.{arg.upper()}" for arg in ("width_mult", "norm", "out_features")},
+        **{
+            arg: f"MODEL.REXNET.{arg.upper()}"
+            for arg in ("width_mult", "norm", "out_features", "activation_checkpointing")
+        },
         "freeze_at": _FREEZE_AT_KEY,
     }
 )
@@ -298,11 +312,13 @@ def resnet_spec_from_config(cfg: CfgNode) -> ResNetSpec:
 
 def resnet_family_arguments(cfg: CfgNode) -> dict[str, Any]:
     """The keyword arguments of ``ResNetFamily`` for ``cfg`` (all but ``in_channels``, which
-    the input shape gives): the spec, ``OUT_FEATURES``, ``FREEZE_AT`` and the key names."""
+    the input shape gives): the spec, ``OUT_FEATURES``, ``FREEZE_AT``,
+    ``ACTIVATION_CHECKPOINTING`` and the key names."""
     return {
         "spec": resnet_spec_from_config(cfg),
         "out_features": cfg.MODEL.RESNETS.OUT_FEATURES,
         "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+        "activation_checkpointing": cfg.MODEL.RESNETS.ACTIVATION_CHECKPOINTING,
         "names": RESNETS_NAMES,
     }
 
@@ -316,6 +332,7 @@ def rexnet_arguments(cfg: CfgNode) -> dict[str, Any]:
         "width_mult": r.WIDTH_MULT,
         "out_features": r.OUT_FEATURES,
         "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+        "activation_checkpointing": r.ACTIVATION_CHECKPOINTING,
         "norm": resolve_norm(r.NORM, REXNET_NAMES["norm"]),
         "names": REXNET_NAMES,
     }

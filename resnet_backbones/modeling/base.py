@@ -10,17 +10,26 @@ builds only the stages up to the deepest requested feature, returns the requeste
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+import torch.utils.checkpoint
+from detectron2.layers import CNNBlockBase, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from torch import nn
 
 from ..utils import PYTHON_NAMES, ArgumentNames, check_choice
 
-__all__ = ["FEATURE_NAMES", "FREEZE_AT_VALUES", "StagedBackbone", "fpn", "retinanet_fpn"]
+__all__ = [
+    "FEATURE_NAMES",
+    "FREEZE_AT_VALUES",
+    "StagedBackbone",
+    "checkpoint_blocks",
+    "fpn",
+    "retinanet_fpn",
+]
 
 # The features a backbone can return, in order: the stem, then one stage per stride 4 ... 32.
 FEATURE_NAMES: tuple[str, ...] = ("stem", "res2", "res3", "res4", "res5")
@@ -42,6 +51,7 @@ class StagedBackbone(Backbone):
         *,
         out_features: Sequence[str],
         freeze_at: int,
+        activation_checkpointing: Sequence[str] = (),
         names: ArgumentNames = PYTHON_NAMES,
     ):
         """
@@ -49,7 +59,12 @@ class StagedBackbone(Backbone):
             available: the features this network has, "stem" first (CIFAR ResNets stop at res4).
             out_features: the features ``forward`` returns, among ``available``.
             freeze_at: validated here; the subclass calls ``freeze(freeze_at)`` once built.
-            names: how errors name ``out_features`` and ``freeze_at``.
+            activation_checkpointing: the stages, among ``available``, whose blocks keep no
+                activations for the backward pass in training: each block saves only its input
+                and runs again during the backward (:func:`checkpoint_blocks`). Gradients,
+                outputs and norm statistics are those of the plain forward.
+            names: how errors name ``out_features``, ``freeze_at`` and
+                ``activation_checkpointing``.
 
         Raises:
             ValueError: naming the argument (or its config key), the bad value and the valid ones.
@@ -63,6 +78,16 @@ class StagedBackbone(Backbone):
             )
         for name in out_features:
             check_choice(f"{names['out_features']} entry", name, available)
+        if isinstance(activation_checkpointing, str):
+            raise ValueError(
+                f"{names['activation_checkpointing']} = {activation_checkpointing!r} is not "
+                f"valid; it must be a list of stage names, e.g. {list(available[1:])} (or [] for "
+                "none)"
+            )
+        for name in activation_checkpointing:
+            check_choice(f"{names['activation_checkpointing']} entry", name, available)
+        # The stages whose blocks are checkpointed in training (see checkpoint_blocks).
+        self.activation_checkpointing: frozenset[str] = frozenset(activation_checkpointing)
         deepest = max(available.index(name) for name in out_features)
         # The stages to build: the stem up to the deepest requested feature.
         self.stages_to_build: tuple[str, ...] = tuple(available[: deepest + 1])
@@ -106,10 +131,17 @@ class StagedBackbone(Backbone):
             )
         outputs = {}
         for name in self._chain:
-            x = getattr(self, name)(x)
+            x = self._run_stage(name, getattr(self, name), x)
             if name in self._out_features:
                 outputs[name] = x
         return outputs
+
+    def _run_stage(self, name: str, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``stage(x)``, block by block under :func:`checkpoint_blocks` where ``name`` is in
+        :attr:`activation_checkpointing` and a backward pass will follow (training, grad on)."""
+        if name in self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint_blocks(stage, x)
+        return stage(x)
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         return {
@@ -133,6 +165,73 @@ class StagedBackbone(Backbone):
                     p.requires_grad = False
                 FrozenBatchNorm2d.convert_frozen_batchnorm(stage)
         return self
+
+
+class _BuffersKept:
+    """A context that restores every buffer of ``module`` on exit to its value on entry.
+
+    The recomputation of a checkpointed block runs its BatchNorms in training mode again, which
+    would update their running mean, variance and ``num_batches_tracked`` a second time for the
+    same batch (torch's checkpoint has no provision for it): they are put back as the forward
+    left them. The batch statistics the recomputation normalises with are the forward's. A class
+    rather than a generator: a second backward through a retained graph enters it again.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [(b, b.clone()) for b in self.module.buffers()]
+
+    def __exit__(self, *exc) -> None:
+        with torch.no_grad():
+            for buffer, value in self.saved:
+                buffer.copy_(value)
+        self.saved = []
+
+
+def _segments(stage: nn.Module) -> list[nn.Module]:
+    """The pieces :func:`checkpoint_blocks` checkpoints one by one: every block
+    (``CNNBlockBase``) of an ``nn.Sequential`` stage, and each run of the layers between blocks
+    as one piece (a pre-activation stage's closing norm and in-place ReLU: the ReLU alone would
+    overwrite the input its checkpoint keeps); a stage of another type is one piece."""
+    if not isinstance(stage, nn.Sequential):
+        return [stage]
+    segments: list[nn.Module] = []
+    run: list[nn.Module] = []
+    for child in stage.children():
+        if isinstance(child, CNNBlockBase):
+            if run:
+                segments.append(nn.Sequential(*run))
+                run = []
+            segments.append(child)
+        else:
+            run.append(child)
+    if run:
+        segments.append(nn.Sequential(*run))
+    return segments
+
+
+def checkpoint_blocks(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``stage(x)`` with activation checkpointing per block: each block of ``stage``
+    (:func:`_segments`) saves only its input for the backward pass and runs again inside it
+    (``torch.utils.checkpoint``, non-reentrant).
+
+    Per block rather than per stage: a checkpointed stage recomputes all of its blocks'
+    activations at once during the backward (res4 of ResNet-101 holds most of them), whereas a
+    checkpointed block holds one block's at a time, for the same single recomputation. The random
+    generators are replayed (dropout draws the same masks), autocast is replayed, and the buffers
+    are kept (:class:`_BuffersKept`).
+    """
+    for segment in _segments(stage):
+        x = torch.utils.checkpoint.checkpoint(
+            segment,
+            x,
+            use_reentrant=False,
+            context_fn=lambda segment=segment: (contextlib.nullcontext(), _BuffersKept(segment)),
+        )
+    return x
 
 
 def _fpn(cfg, bottom_up: Backbone, top_block: nn.Module) -> FPN:
