@@ -181,3 +181,95 @@ def test_checkpointing_deepcopy_keeps_the_choice():
     """The choice is part of the module (a deepcopy, as EMA makes, checkpoints the same)."""
     _, checkpointed, _ = _pair("R18-FPN-BN")
     assert _bottom_up(copy.deepcopy(checkpointed)).activation_checkpointing == set(STAGES)
+
+
+# ------------------------------------------------------------------------------------------
+# channels_last (MODEL.CHANNELS_LAST)
+# ------------------------------------------------------------------------------------------
+def _channels_last_pair(build):
+    """``build``'s model of R18-FPN-BN in the default format and in channels_last, same
+    weights."""
+    cfg, _ = BACKBONE_CONFIGS["R18-FPN-BN"]()
+    cfg.merge_from_list(
+        ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32"]
+    )
+    torch.manual_seed(0)
+    plain = build(cfg)
+    cfg.MODEL.CHANNELS_LAST = True
+    fast = build(cfg)
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast
+
+
+def _detection_batch():
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(0)
+    batch = []
+    for h, w in ((64, 80), (72, 64)):
+        instances = Instances((h, w))
+        instances.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, 40.0, 50.0], [20.0, 10.0, 60.0, 44.0]]))
+        instances.gt_classes = torch.tensor([0, 1])
+        image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+        batch.append({"image": image, "instances": instances, "height": h, "width": w})
+    return batch
+
+
+def test_channels_last_computes_what_the_default_format_computes():
+    """The FPN backbone's features, every gradient and the BN statistics of a training step,
+    and its features in eval mode, equal the default format's within float rounding.
+
+    The backbone rather than the whole detector: with random weights the RPN's objectness
+    scores nearly tie, and rounding alone reorders which proposals are kept."""
+    plain, fast = _channels_last_pair(build_backbone)
+    x = torch.randn(2, 3, 64, 64)
+    expected, got = _step(plain.train(), x), _step(fast.train(), x)
+    assert got[0]["p2"].is_contiguous(memory_format=torch.channels_last)
+    for key in expected[0]:
+        _assert_close_to_scale(got[0][key], expected[0][key], 1e-4, key)
+    assert expected[1].keys() == got[1].keys() and expected[1]
+    for key in expected[1]:
+        _assert_close_to_scale(got[1][key], expected[1][key], 1e-3, key)
+    for key in expected[3]:
+        _assert_close_to_scale(got[3][key], expected[3][key], 1e-4, key)
+    with torch.no_grad():
+        expected, got = plain.eval()(x), fast.eval()(x)
+    for key in expected:
+        _assert_close_to_scale(got[key], expected[key], 1e-4, key)
+
+
+def _assert_close_to_scale(got, expected, tolerance, key):
+    """Every element within ``tolerance`` times the largest magnitude of ``expected``: the
+    rounding of a different summation order, not a different computation."""
+    scale = expected.abs().max().item()
+    error = (got - expected).abs().max().item()
+    assert error <= tolerance * scale, f"{key}: max error {error:.3g}, scale {scale:.3g}"
+
+
+def test_channels_last_takes_effect():
+    """Every convolution of the backbone and the FPN gets a channels_last input and has
+    channels_last weights; without the option the first one gets neither."""
+    from detectron2.modeling import build_model
+
+    plain, fast = _channels_last_pair(build_model)
+    for model, expected in ((fast, True), (plain, False)):
+        formats = []
+
+        def record(module, inputs, formats=formats):
+            formats.append(
+                (
+                    inputs[0].is_contiguous(memory_format=torch.channels_last),
+                    module.weight.is_contiguous(memory_format=torch.channels_last),
+                )
+            )
+
+        convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
+        for conv in convs:
+            conv.register_forward_pre_hook(record)
+        with torch.no_grad():
+            model.eval()(_detection_batch()[:1])
+        assert len(formats) >= len(convs)
+        if expected:
+            assert all(f == (True, True) for f in formats)
+        else:
+            assert formats[0] == (False, False)

@@ -11,6 +11,7 @@ builds only the stages up to the deepest requested feature, returns the requeste
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Sequence
 
 import torch
@@ -52,6 +53,7 @@ class StagedBackbone(Backbone):
         out_features: Sequence[str],
         freeze_at: int,
         activation_checkpointing: Sequence[str] = (),
+        channels_last: bool = False,
         names: ArgumentNames = PYTHON_NAMES,
     ):
         """
@@ -63,6 +65,9 @@ class StagedBackbone(Backbone):
                 activations for the backward pass in training: each block saves only its input
                 and runs again during the backward (:func:`checkpoint_blocks`). Gradients,
                 outputs and norm statistics are those of the plain forward.
+            channels_last: run in channels_last memory format (faster convolutions on many CPUs
+                and GPUs): the stages' weights are stored so, and ``forward`` converts its input;
+                the features it returns, and so everything computed from them, are channels_last.
             names: how errors name ``out_features``, ``freeze_at`` and
                 ``activation_checkpointing``.
 
@@ -88,6 +93,7 @@ class StagedBackbone(Backbone):
             check_choice(f"{names['activation_checkpointing']} entry", name, available)
         # The stages whose blocks are checkpointed in training (see checkpoint_blocks).
         self.activation_checkpointing: frozenset[str] = frozenset(activation_checkpointing)
+        self.channels_last = bool(channels_last)
         deepest = max(available.index(name) for name in out_features)
         # The stages to build: the stem up to the deepest requested feature.
         self.stages_to_build: tuple[str, ...] = tuple(available[: deepest + 1])
@@ -109,6 +115,8 @@ class StagedBackbone(Backbone):
         if name != expected:
             raise ValueError(f"stage {name!r} added where {expected!r} comes next")
         previous = self._out_feature_strides[self._chain[-1]] if self._chain else 1
+        if self.channels_last:
+            stage.to(memory_format=torch.channels_last)  # the 4-d weights; nothing else changes
         self.add_module(name, stage)
         self._chain.append(name)
         self._out_feature_channels[name] = channels
@@ -129,6 +137,8 @@ class StagedBackbone(Backbone):
             raise ValueError(
                 f"{type(self).__name__} takes (N, C, H, W) inputs; got shape {tuple(x.shape)}"
             )
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         outputs = {}
         for name in self._chain:
             x = self._run_stage(name, getattr(self, name), x)
@@ -214,28 +224,35 @@ def _segments(stage: nn.Module) -> list[nn.Module]:
 
 
 def checkpoint_blocks(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``stage(x)`` with activation checkpointing per block: each block of ``stage``
-    (:func:`_segments`) saves only its input for the backward pass and runs again inside it
-    (``torch.utils.checkpoint``, non-reentrant).
+    """``stage(x)`` with activation checkpointing: the blocks of ``stage`` (:func:`_segments`) run
+    in about sqrt(n) consecutive groups; each group saves only its input for the backward pass and
+    runs again inside it (``torch.utils.checkpoint``, non-reentrant).
 
-    Per block rather than per stage: a checkpointed stage recomputes all of its blocks'
-    activations at once during the backward (res4 of ResNet-101 holds most of them), whereas a
-    checkpointed block holds one block's at a time, for the same single recomputation. The random
-    generators are replayed (dropout draws the same masks), autocast is replayed, and the buffers
-    are kept (:class:`_BuffersKept`).
+    Groups of sqrt(n) blocks (Chen et al., 2016, "Training deep nets with sublinear memory cost";
+    torch's ``checkpoint_sequential``) rather than the whole stage or every block: a checkpointed
+    stage recomputes all its activations at once in the backward (res4 of ResNet-101 holds most of
+    them), and a checkpointed bottleneck keeps its 4x-wide input, most of what it would save
+    anyway; sqrt(n) inputs and one group's activations at a time are the least of the three, for
+    the same single recomputation. The random generators are replayed (dropout draws the same
+    masks), autocast is replayed, and the buffers are kept (:class:`_BuffersKept`).
     """
-    for segment in _segments(stage):
+    pieces = _segments(stage)
+    size = math.ceil(math.sqrt(len(pieces)))
+    for start in range(0, len(pieces), size):
+        group = pieces[start : start + size]
+        run = group[0] if len(group) == 1 else nn.Sequential(*group)
         x = torch.utils.checkpoint.checkpoint(
-            segment,
+            run,
             x,
             use_reentrant=False,
-            context_fn=lambda segment=segment: (contextlib.nullcontext(), _BuffersKept(segment)),
+            context_fn=lambda run=run: (contextlib.nullcontext(), _BuffersKept(run)),
         )
     return x
 
 
 def _fpn(cfg, bottom_up: Backbone, top_block: nn.Module) -> FPN:
-    return FPN(
+    """The FPN of ``cfg.MODEL.FPN`` on ``bottom_up``, in its memory format (its inputs are)."""
+    network = FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
@@ -243,6 +260,9 @@ def _fpn(cfg, bottom_up: Backbone, top_block: nn.Module) -> FPN:
         top_block=top_block,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+    if getattr(bottom_up, "channels_last", False):
+        network.to(memory_format=torch.channels_last)
+    return network
 
 
 def fpn(cfg, bottom_up: Backbone) -> FPN:

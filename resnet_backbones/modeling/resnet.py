@@ -52,6 +52,7 @@ class ResNetFamily(StagedBackbone):
         out_features: Sequence[str] | None = None,
         freeze_at: int = 0,
         activation_checkpointing: Sequence[str] = (),
+        channels_last: bool = False,
         in_channels: int = 3,
         names: ArgumentNames = PYTHON_NAMES,
     ):
@@ -64,6 +65,8 @@ class ResNetFamily(StagedBackbone):
                 (their parameters stop requiring grad and their BNs become FrozenBN).
             activation_checkpointing: stages whose blocks are recomputed in the backward pass
                 instead of keeping their activations (see :class:`StagedBackbone`).
+            channels_last: weights and input in channels_last memory format (see
+                :class:`StagedBackbone`).
             in_channels: channels of the input image.
             names: how errors name ``out_features``, ``freeze_at`` and
                 ``activation_checkpointing`` (their config keys when built from a config).
@@ -75,6 +78,7 @@ class ResNetFamily(StagedBackbone):
             out_features=out_features,
             freeze_at=freeze_at,
             activation_checkpointing=activation_checkpointing,
+            channels_last=channels_last,
             names=names,
         )
         self.spec = spec

@@ -299,6 +299,7 @@ class ReXNet(StagedBackbone):
         out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
         freeze_at: int = 0,
         activation_checkpointing: Sequence[str] = (),
+        channels_last: bool = False,
         norm: str = "BN",
         in_channels: int = 3,
         names: ArgumentNames = PYTHON_NAMES,
@@ -314,6 +315,8 @@ class ReXNet(StagedBackbone):
                 (their parameters stop requiring grad and their BNs become FrozenBN).
             activation_checkpointing: stages whose blocks are recomputed in the backward pass
                 instead of keeping their activations (see :class:`StagedBackbone`).
+            channels_last: weights and input in channels_last memory format (see
+                :class:`StagedBackbone`).
             norm: norm after every conv and inside the SE, one of :data:`REXNET_NORMS`.
             in_channels: channels of the input image.
             names: how errors name the arguments (their config keys when built from a config).
@@ -330,6 +333,7 @@ class ReXNet(StagedBackbone):
             out_features=out_features,
             freeze_at=freeze_at,
             activation_checkpointing=activation_checkpointing,
+            channels_last=channels_last,
             names=names,
         )
 
