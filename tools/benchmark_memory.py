@@ -19,6 +19,13 @@ stage res2..res5; the frozen ones, ``FREEZE_AT`` 2 by default, keep no activatio
 * "detector": the whole Faster R-CNN on synthetic images with boxes (tools/benchmark_train.py's
   batch), the loss the sum of its losses (skipped with ``--backbone-only``).
 
+glibc's malloc keeps freed blocks of up to 32 MiB in its heap (its mmap threshold grows with the
+blocks freed), so the peak RSS also counts memory it holds but the step no longer uses, and the
+more so the more tensors the step frees and allocates again (a recomputation does). With
+``MALLOC_MMAP_THRESHOLD_=131072`` in the environment (the children inherit it) every block over
+128 KiB is returned when freed and the RSS follows the tensors alive; both measures are worth
+reporting.
+
 The JSON (``--out``) has the rows of ``make benchmark``'s table (unit MiB, ratio = without /
 with, > 1 is less memory) and the calibration (detectron2's R-101 forward, measured here).
 """
