@@ -185,6 +185,22 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
     # is the same to 1e-4; faster-coco-eval computes it several times faster.
     if "COCO_EVAL_IMPL" not in cfg.TEST:
         cfg.TEST.COCO_EVAL_IMPL = "auto"
+    # Activation checkpointing (issue 12): the stages, among "stem" and "res2".."res5", whose
+    # blocks keep no activations for the backward pass in training: the blocks run in groups of
+    # about sqrt(n), each group saves only its input and runs again during the backward
+    # (resnet_backbones.modeling.base.checkpoint_blocks).
+    # Less memory for about one more forward of those stages; gradients and BN statistics are
+    # unchanged. [] is off; frozen stages (FREEZE_AT) keep no activations anyway.
+    for section in (cfg.MODEL.RESNETS, cfg.MODEL.REXNET):
+        if "ACTIVATION_CHECKPOINTING" not in section:
+            section.ACTIVATION_CHECKPOINTING = []
+    # Train and test a detector in channels_last memory format (issue 12; faster convolutions on
+    # many CPUs and GPUs): the backbone's and FPN's weights are stored so and the backbone
+    # converts its input images, so every feature and head after it runs channels_last too.
+    # The numbers equal the default format's within float rounding. CLS.CHANNELS_LAST is the
+    # classifier's own key.
+    if "CHANNELS_LAST" not in cfg.MODEL:
+        cfg.MODEL.CHANNELS_LAST = False
     if "CLS" not in cfg:
         cfg.CLS = CfgNode()
     for key, default in _CLS_KEYS.items():
@@ -262,7 +278,10 @@ RESNETS_ARGUMENTS: tuple[str, ...] = (
 # The keys errors name for the arguments of resnet_spec and ResNetFamily.
 RESNETS_NAMES = ArgumentNames(
     {
-        **{arg: f"MODEL.RESNETS.{arg.upper()}" for arg in RESNETS_ARGUMENTS + ("out_features",)},
+        **{
+            arg: f"MODEL.RESNETS.{arg.upper()}"
+            for arg in RESNETS_ARGUMENTS + ("out_features", "activation_checkpointing")
+        },
         "freeze_at": _FREEZE_AT_KEY,
     }
 )
@@ -270,7 +289,10 @@ RESNETS_NAMES = ArgumentNames(
 # configs build timm's rexnet_* networks, whose depth_mult is 1 and channel_divisor 1).
 REXNET_NAMES = ArgumentNames(
     {
-        **{arg: f"MODEL.REXNET.{arg.upper()}" for arg in ("width_mult", "norm", "out_features")},
+        **{
+            arg: f"MODEL.REXNET.{arg.upper()}"
+            for arg in ("width_mult", "norm", "out_features", "activation_checkpointing")
+        },
         "freeze_at": _FREEZE_AT_KEY,
     }
 )
@@ -310,24 +332,30 @@ def resnet_spec_from_config(cfg: CfgNode) -> ResNetSpec:
 
 def resnet_family_arguments(cfg: CfgNode) -> dict[str, Any]:
     """The keyword arguments of ``ResNetFamily`` for ``cfg`` (all but ``in_channels``, which
-    the input shape gives): the spec, ``OUT_FEATURES``, ``FREEZE_AT`` and the key names."""
+    the input shape gives): the spec, ``OUT_FEATURES``, ``FREEZE_AT``,
+    ``ACTIVATION_CHECKPOINTING``, ``MODEL.CHANNELS_LAST`` and the key names."""
     return {
         "spec": resnet_spec_from_config(cfg),
         "out_features": cfg.MODEL.RESNETS.OUT_FEATURES,
         "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+        "activation_checkpointing": cfg.MODEL.RESNETS.ACTIVATION_CHECKPOINTING,
+        "channels_last": cfg.MODEL.CHANNELS_LAST,
         "names": RESNETS_NAMES,
     }
 
 
 def rexnet_arguments(cfg: CfgNode) -> dict[str, Any]:
     """The keyword arguments of ``ReXNet`` for ``cfg`` (all but ``in_channels``): ``MODEL.REXNET``
-    with the norm resolved for this run, ``FREEZE_AT`` and the key names."""
+    with the norm resolved for this run, ``FREEZE_AT``, ``MODEL.CHANNELS_LAST`` and the key
+    names."""
     check_config_extended(cfg)
     r = cfg.MODEL.REXNET
     return {
         "width_mult": r.WIDTH_MULT,
         "out_features": r.OUT_FEATURES,
         "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+        "activation_checkpointing": r.ACTIVATION_CHECKPOINTING,
+        "channels_last": cfg.MODEL.CHANNELS_LAST,
         "norm": resolve_norm(r.NORM, REXNET_NAMES["norm"]),
         "names": REXNET_NAMES,
     }

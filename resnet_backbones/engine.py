@@ -429,10 +429,15 @@ class _MetricsAtCheckpoints(hooks.HookBase):
 
 class CPUAutocastTrainer(SimpleTrainer):
     """detectron2's SimpleTrainer with the forward in bfloat16 autocast on the CPU: what
-    ``SOLVER.AMP.ENABLED`` means without CUDA for pretraining (detectron2's AMPTrainer, fp16
-    with a grad scaler, needs CUDA; the detection Trainer does not use it yet). bfloat16 has
-    float32's exponent range, so no loss scaling is needed; the weights, gradients and
-    optimizer stay in float32."""
+    ``SOLVER.AMP.ENABLED`` means without CUDA (detectron2's AMPTrainer, fp16 with a grad scaler,
+    needs CUDA; :class:`ResumableTrainer` chooses between the two). bfloat16 has float32's
+    exponent range, so no loss scaling is needed; the weights, gradients and optimizer stay in
+    float32.
+
+    ``run_step`` is AMPTrainer's without the scaler: detectron2 writes its AMP step the same way.
+    Only the forward and the loss sum run under autocast (the backward and the optimizer step
+    outside it, as torch's AMP recipe requires), which SimpleTrainer's ``run_step`` gives no
+    place to put."""
 
     def run_step(self) -> None:
         assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
@@ -469,6 +474,12 @@ class ResumableTrainer(DefaultTrainer):
         self._output_lock = None
         self._metrics = None  # the metrics writer, made in the main process only
         super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+            # DefaultTrainer chose detectron2's AMPTrainer (fp16 and a grad scaler), which
+            # needs CUDA: bf16 autocast on the CPU instead. Its state (the optimizer) is
+            # AMPTrainer's without the scaler, which the CPU does not need.
+            old = self._trainer
+            self._trainer = CPUAutocastTrainer(old.model, old.data_loader, old.optimizer)
 
     def resume_or_load(self, resume: bool = True, overwrite: bool = False) -> None:
         """detectron2's, after claiming OUTPUT_DIR for this run (main process): it refuses to

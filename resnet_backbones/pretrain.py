@@ -48,7 +48,7 @@ from .data.cls_transforms import (
     cls_options_from_config,
 )
 from .data.images import ImageError
-from .engine import CPUAutocastTrainer, ResumableTrainer, _MetricsAtCheckpoints, check_datasets
+from .engine import ResumableTrainer, _MetricsAtCheckpoints, check_datasets
 from .modeling.classifier import ClassificationModel, build_classification_model
 from .resume import RNGStates
 from .solver import WarmupPlateauLR
@@ -392,11 +392,7 @@ class ClassificationTrainer(ResumableTrainer):
             )
         self.ema: Optional[AveragedModel] = None
         self.last_classification_results: dict[str, dict[str, float]] = {}
-        super().__init__(cfg)
-        if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-            # detectron2's AMPTrainer (fp16 and a grad scaler) needs CUDA: bf16 on the CPU.
-            old = self._trainer
-            self._trainer = CPUAutocastTrainer(old.model, old.data_loader, old.optimizer)
+        super().__init__(cfg)  # with SOLVER.AMP.ENABLED: bf16 autocast on the CPU
 
     @classmethod
     def build_model(

@@ -324,3 +324,46 @@ def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path):
         os.waitpid(pid, 0)
         os.close(started)
         os.close(ready)
+
+
+def test_a_bf16_amp_run_on_the_cpu_trains_in_autocast_and_resumes_bitwise(
+    tmp_path, own_data, monkeypatch
+):
+    """SOLVER.AMP.ENABLED on the CPU: the detection Trainer's forward runs under bf16 autocast
+    (detectron2's AMPTrainer would need CUDA), and a run resumed from its first checkpoint ends
+    with the uninterrupted run's weights, bitwise."""
+    from resnet_backbones.engine import Trainer
+
+    build = Trainer.build_model.__func__
+    autocast = []
+
+    def build_model(cls, cfg):
+        model = build(cls, cfg)
+
+        def record(module, inputs):
+            if module.training:
+                autocast.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+
+        model.backbone.register_forward_pre_hook(record)
+        return model
+
+    monkeypatch.setattr(Trainer, "build_model", classmethod(build_model))
+    amp = ("SOLVER.AMP.ENABLED", "True")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(_args(own_data, straight, *amp, max_iter=2)) == 0
+    assert autocast == [(True, torch.bfloat16)] * 2
+    resumed.mkdir()
+    (resumed / "model_0000000.pth").write_bytes((straight / "model_0000000.pth").read_bytes())
+    (resumed / "last_checkpoint").write_text("model_0000000.pth")
+    assert main(["--resume", *_args(own_data, resumed, *amp, max_iter=2)]) == 0
+    assert autocast == [(True, torch.bfloat16)] * 3  # iteration 1 again
+    expected = torch.load(straight / "model_final.pth", weights_only=True)
+    got = torch.load(resumed / "model_final.pth", weights_only=True)
+    assert expected["model"].keys() == got["model"].keys()
+    for key, value in expected["model"].items():
+        assert torch.equal(got["model"][key], value), key
+    moments = expected["trainer"]["_trainer"]["optimizer"]["state"]
+    assert moments
+    for index, state in moments.items():
+        for name, value in state.items():
+            assert torch.equal(got["trainer"]["_trainer"]["optimizer"]["state"][index][name], value)

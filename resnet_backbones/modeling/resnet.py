@@ -51,6 +51,8 @@ class ResNetFamily(StagedBackbone):
         *,
         out_features: Sequence[str] | None = None,
         freeze_at: int = 0,
+        activation_checkpointing: Sequence[str] = (),
+        channels_last: bool = False,
         in_channels: int = 3,
         names: ArgumentNames = PYTHON_NAMES,
     ):
@@ -61,14 +63,23 @@ class ResNetFamily(StagedBackbone):
                 (default: the last stage, res5; res4 for CIFAR networks).
             freeze_at: 0 trains everything; k >= 1 freezes the stem and the first k-1 stages
                 (their parameters stop requiring grad and their BNs become FrozenBN).
+            activation_checkpointing: stages whose blocks are recomputed in the backward pass
+                instead of keeping their activations (see :class:`StagedBackbone`).
+            channels_last: weights and input in channels_last memory format (see
+                :class:`StagedBackbone`).
             in_channels: channels of the input image.
-            names: how errors name ``out_features`` and ``freeze_at`` (their config keys when
-                built from a config).
+            names: how errors name ``out_features``, ``freeze_at`` and
+                ``activation_checkpointing`` (their config keys when built from a config).
         """
         if out_features is None:
             out_features = spec.feature_names[-1:]
         super().__init__(
-            spec.feature_names, out_features=out_features, freeze_at=freeze_at, names=names
+            spec.feature_names,
+            out_features=out_features,
+            freeze_at=freeze_at,
+            activation_checkpointing=activation_checkpointing,
+            channels_last=channels_last,
+            names=names,
         )
         self.spec = spec
         stem = STEM_CLASSES[spec.stem](

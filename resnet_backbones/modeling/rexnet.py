@@ -298,6 +298,8 @@ class ReXNet(StagedBackbone):
         channel_divisor: int = 1,
         out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
         freeze_at: int = 0,
+        activation_checkpointing: Sequence[str] = (),
+        channels_last: bool = False,
         norm: str = "BN",
         in_channels: int = 3,
         names: ArgumentNames = PYTHON_NAMES,
@@ -311,6 +313,10 @@ class ReXNet(StagedBackbone):
             out_features: names among "stem", "res2".."res5" to return from ``forward``.
             freeze_at: 0 trains everything; k >= 1 freezes the stem and the first k-1 stages
                 (their parameters stop requiring grad and their BNs become FrozenBN).
+            activation_checkpointing: stages whose blocks are recomputed in the backward pass
+                instead of keeping their activations (see :class:`StagedBackbone`).
+            channels_last: weights and input in channels_last memory format (see
+                :class:`StagedBackbone`).
             norm: norm after every conv and inside the SE, one of :data:`REXNET_NORMS`.
             in_channels: channels of the input image.
             names: how errors name the arguments (their config keys when built from a config).
@@ -322,7 +328,14 @@ class ReXNet(StagedBackbone):
         check_positive_number(names["depth_mult"], depth_mult)
         check_positive_int(names["channel_divisor"], channel_divisor)
         check_choice(names["norm"], norm, REXNET_NORMS)
-        super().__init__(FEATURE_NAMES, out_features=out_features, freeze_at=freeze_at, names=names)
+        super().__init__(
+            FEATURE_NAMES,
+            out_features=out_features,
+            freeze_at=freeze_at,
+            activation_checkpointing=activation_checkpointing,
+            channels_last=channels_last,
+            names=names,
+        )
 
         blocks = rexnet_blocks(width_mult, depth_mult, channel_divisor)
         stem_channels = rexnet_stem_channels(width_mult, channel_divisor)
