@@ -19,12 +19,14 @@ stage res2..res5; the frozen ones, ``FREEZE_AT`` 2 by default, keep no activatio
 * "detector": the whole Faster R-CNN on synthetic images with boxes (tools/benchmark_train.py's
   batch), the loss the sum of its losses (skipped with ``--backbone-only``).
 
-glibc's malloc keeps freed blocks of up to 32 MiB in its heap (its mmap threshold grows with the
-blocks freed), so the peak RSS also counts memory it holds but the step no longer uses, and the
-more so the more tensors the step frees and allocates again (a recomputation does). With
-``MALLOC_MMAP_THRESHOLD_=131072`` in the environment (the children inherit it) every block over
-128 KiB is returned when freed and the RSS follows the tensors alive; both measures are worth
-reporting.
+On the CPU each comparison runs under two allocator settings (``--allocators``), because glibc's
+malloc keeps freed blocks of up to 32 MiB in its heap (its mmap threshold grows with the blocks
+freed), so the peak RSS also counts memory it holds but the step no longer uses, and the more so
+the more tensors the step frees and allocates again (a recomputation does):
+
+* "glibc default": the RSS a user sees with no setting;
+* "blocks returned": ``MALLOC_MMAP_THRESHOLD_=131072`` in the child's environment, so that every
+  block over 128 KiB is returned when freed and the RSS follows the tensors alive.
 
 The JSON (``--out``) has the rows of ``make benchmark``'s table (unit MiB, ratio = without /
 with, > 1 is less memory) and the calibration (detectron2's R-101 forward, measured here).
@@ -57,6 +59,11 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(HERE), "configs", "faster_rcnn_R10
 MODELS = ("backbone", "detector")
 # 40% less memory is a ratio without / with of 1 / 0.6 (issue 12).
 TARGET_RATIO = 1 / 0.6
+# The child's malloc settings on the CPU (see the module's docstring); CUDA has its own allocator.
+ALLOCATORS = {
+    "glibc default": {},
+    "blocks returned": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+}
 
 
 def _rss_mib() -> float:
@@ -105,8 +112,8 @@ def child(args) -> dict:
     return {"before_mib": before, "peak_mib": peak, "step_mib": peak - before}
 
 
-def run_variant(args, model: str, stages: list[str]) -> dict:
-    """:func:`child` in a fresh process."""
+def run_variant(args, model: str, stages: list[str], allocator: str = "glibc default") -> dict:
+    """:func:`child` in a fresh process, with the malloc settings of ``ALLOCATORS[allocator]``."""
     command = [
         sys.executable,
         os.path.abspath(__file__),
@@ -126,7 +133,9 @@ def run_variant(args, model: str, stages: list[str]) -> dict:
         "--",
         *args.opts,
     ]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update(ALLOCATORS[allocator])
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -147,6 +156,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--device", default="cpu", help="cpu (peak RSS) or cuda (max allocated)")
     parser.add_argument("--backbone-only", action="store_true", help="skip the whole detector")
+    parser.add_argument(
+        "--allocators",
+        nargs="+",
+        choices=list(ALLOCATORS),
+        default=list(ALLOCATORS),
+        help="the CPU malloc settings to measure under (CUDA: one run, its own allocator)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -179,22 +195,26 @@ def main(argv=None) -> int:
     shape = f"batch {args.batch} at {args.size[0]}x{args.size[1]}"
     name = os.path.splitext(os.path.basename(args.config))[0]
     rows, variants = [], {}
+    allocators = ["cuda"] if args.device.startswith("cuda") else args.allocators
     for model in MODELS[:1] if args.backbone_only else MODELS:
-        plain = run_variant(args, model, [])
-        checkpointed = run_variant(args, model, list(args.stages))
-        variants[model] = {"without": plain, "with": checkpointed}
-        rows.append(
-            {
-                "measure": f"{name} {model} training step memory, {shape} ({where}), "
-                f"activation checkpointing of {' '.join(args.stages)}",
-                "baseline": "the same step without activation checkpointing",
-                "baseline_value": plain["step_mib"],
-                "ours_value": checkpointed["step_mib"],
-                "unit": "MiB",
-                "ratio": plain["step_mib"] / checkpointed["step_mib"],
-                "target": TARGET_RATIO if model == "backbone" else None,
-            }
-        )
+        for allocator in allocators:
+            setting = "glibc default" if allocator == "cuda" else allocator
+            plain = run_variant(args, model, [], setting)
+            checkpointed = run_variant(args, model, list(args.stages), setting)
+            variants[f"{model}, {allocator}"] = {"without": plain, "with": checkpointed}
+            rows.append(
+                {
+                    "measure": f"{name} {model} training step memory, {shape} ({where}"
+                    + ("" if allocator == "cuda" else f", malloc {allocator}")
+                    + f"), activation checkpointing of {' '.join(args.stages)}",
+                    "baseline": "the same step without activation checkpointing",
+                    "baseline_value": plain["step_mib"],
+                    "ours_value": checkpointed["step_mib"],
+                    "unit": "MiB",
+                    "ratio": plain["step_mib"] / checkpointed["step_mib"],
+                    "target": TARGET_RATIO if model == "backbone" else None,
+                }
+            )
     calibration = r101_forward_seconds(args.calibration_repeats, calibration_size)
     result = {
         "rows": rows,
