@@ -105,8 +105,11 @@ class StagedBackbone(Backbone):
                 f"{type(self).__name__} takes (N, C, H, W) inputs; got shape {tuple(x.shape)}"
             )
         outputs = {}
+        # The stages by name from _modules: a dict lookup, where getattr would go through
+        # nn.Module.__getattr__ on every call (and still sees a stage replaced after build).
+        stages = self._modules
         for name in self._chain:
-            x = getattr(self, name)(x)
+            x = stages[name](x)
             if name in self._out_features:
                 outputs[name] = x
         return outputs
