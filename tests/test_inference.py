@@ -184,3 +184,41 @@ def test_refuses_a_model_in_training_mode_and_bad_flags():
     with pytest.raises(ValueError, match=r"channels_last = 'yes' is not valid; valid values"):
         optimize_for_inference(model.eval(), channels_last="yes")
     assert all(isinstance(m.norm, FrozenBatchNorm2d) for m in model.modules() if type(m) is Conv2d)
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_eval_only_evaluates_the_optimised_model_unless_the_key_says_no(
+    tmp_path, monkeypatch, optimize
+):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from resnet_backbones import train_net
+    from resnet_backbones.engine import Trainer, load_config
+
+    from .helpers import QUICKSTART, TINY_OWN_DATA, write_coco_folder
+
+    data = write_coco_folder(tmp_path / "d", num_images=1)
+    out = tmp_path / "o"
+    name = f"inference_val_{optimize}"  # one name per dataset folder
+    opts = [*TINY_OWN_DATA, "OUTPUT_DIR", str(out), "DATASETS.TEST", f"('{name}',)"]
+    if not optimize:
+        opts += ["TEST.OPTIMIZE_FOR_INFERENCE", "False"]
+    model = Trainer.build_model(load_config(QUICKSTART, opts))
+    out.mkdir()
+    DetectionCheckpointer(model, save_dir=str(out)).save("model_final")
+    evaluated = []
+    monkeypatch.setattr(
+        train_net.Trainer, "test", classmethod(lambda cls, cfg, model: evaluated.append(model))
+    )
+    command = [
+        "--config", QUICKSTART, "--eval-only",
+        "--dataset", name, str(data / "annotations.json"), str(data / "images"), *opts,
+    ]  # fmt: skip
+    assert train_net.main(command) == 0
+    (model,) = evaluated
+    norms = _norms(model)
+    if optimize:
+        assert norms == [] and not model.training
+        assert model.backbone.bottom_up.stem.conv1.bias is not None
+    else:
+        assert len(norms) >= 20 and model.backbone.bottom_up.stem.conv1.bias is None
