@@ -222,3 +222,26 @@ def test_eval_only_evaluates_the_optimised_model_unless_the_key_says_no(
         assert model.backbone.bottom_up.stem.conv1.bias is not None
     else:
         assert len(norms) >= 20 and model.backbone.bottom_up.stem.conv1.bias is None
+
+
+def test_benchmark_script_writes_the_table_rows(tmp_path):
+    import importlib.util
+    import json
+    import os
+
+    from .helpers import REPO
+
+    path = os.path.join(REPO, "tools", "benchmark_inference.py")
+    spec = importlib.util.spec_from_file_location("benchmark_inference", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "inference.json"
+    # The detector row (R-50 here, to build fast) is the one with the most parts.
+    argv = ["--quick", "--only", "faster_rcnn_fpn", "--depth", "50", "--out", str(out)]
+    assert tool.main(argv) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["measure"] == "faster_rcnn_fpn" and "R-50-FPN" in row["baseline"]
+    assert row["outputs_checked"] is True and row["unit"] == "s" and row["target"] == 1.3
+    assert row["ratio"] == pytest.approx(row["baseline_value"] / row["ours_value"])
+    assert result["calibration_s"] is None  # the backbone row (detectron2's R-101) is its source
