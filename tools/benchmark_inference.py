@@ -59,14 +59,14 @@ def _config(depth: int):
 
 
 def alternate(calls: dict, repeats: int) -> dict:
-    """Median seconds of each zero-argument call, called in turn ``repeats`` times."""
+    """Seconds of each zero-argument call (a list per name), called in turn ``repeats`` times."""
     times = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def _features_close(expected: dict, actual: dict) -> bool:
@@ -86,8 +86,8 @@ def _detections_equal(expected, actual) -> bool:
     )
 
 
-def _row(measure: str, baseline: str, medians: dict, checked: bool, **extra) -> dict:
-    base, ours = medians["baseline"], medians["ours"]
+def _row(measure: str, baseline: str, times: dict, checked: bool, **extra) -> dict:
+    base, ours = statistics.median(times["baseline"]), statistics.median(times["ours"])
     return {
         "measure": measure,
         "baseline": baseline,
@@ -97,6 +97,8 @@ def _row(measure: str, baseline: str, medians: dict, checked: bool, **extra) -> 
         "ratio": base / ours,
         "target": TARGETS[measure],
         "outputs_checked": checked,
+        "baseline_times": times["baseline"],
+        "ours_times": times["ours"],
         **extra,
     }
 
@@ -108,11 +110,9 @@ def bench_backbone(args, x) -> dict:
     optimize_for_inference(ours, compile=args.compile)
     with torch.no_grad():
         checked = _features_close(reference(x), ours(x))
-        medians = alternate(
-            {"baseline": lambda: reference(x), "ours": lambda: ours(x)}, args.repeats
-        )
+        times = alternate({"baseline": lambda: reference(x), "ours": lambda: ours(x)}, args.repeats)
     return _row(
-        "backbone", "detectron2 R-101 backbone (default, FrozenBN)", medians, checked,
+        "backbone", "detectron2 R-101 backbone (default, FrozenBN)", times, checked,
         shape=list(x.shape),
     )  # fmt: skip
 
@@ -138,7 +138,7 @@ def bench_detector(args, image) -> dict:
         expected = reference.inference(inputs)[0]["instances"]
         actual = ours.inference(inputs)[0]["instances"]
         checked = _detections_equal(expected, actual)
-        medians = alternate(
+        times = alternate(
             {
                 "baseline": lambda: reference.inference(inputs),
                 "ours": lambda: ours.inference(inputs),
@@ -150,7 +150,7 @@ def bench_detector(args, image) -> dict:
     return _row(
         "faster_rcnn_fpn",
         f"detectron2 Faster R-CNN R-{args.depth}-FPN inference (default builders)",
-        medians,
+        times,
         checked,
         detections=len(expected),
     )
@@ -171,11 +171,11 @@ def bench_train_forward(args, x) -> dict:
     ours = build_resnet_family_backbone(_config(101), ShapeSpec(channels=3)).train()
     ours.load_state_dict(reference.state_dict(), strict=True)
     checked = _features_close(reference(x), ours(x))
-    medians = alternate({"baseline": lambda: reference(x), "ours": lambda: ours(x)}, args.repeats)
+    times = alternate({"baseline": lambda: reference(x), "ours": lambda: ours(x)}, args.repeats)
     return _row(
         "train_forward",
         "detectron2 R-101 backbone, training-mode forward (both unoptimised)",
-        medians,
+        times,
         checked,
         shape=list(x.shape),
     )
