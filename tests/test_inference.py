@@ -65,6 +65,7 @@ def test_detector_same_features_and_detections_without_its_norms(form):
     reference_first = model.backbone.bottom_up if form == "FPN" else model.backbone
     assert first.stem.conv1.bias is not None and reference_first.stem.conv1.bias is None
     assert first.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert optimized.proposal_generator.rpn_head.conv.weight.is_contiguous()  # heads: NCHW
 
     inputs = [detection_image()]
     with torch.no_grad():
@@ -161,9 +162,10 @@ def test_channels_last_input_and_weights_and_compile_take_effect():
     fast.stem.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        plain(x), fast(x)
+        _, features = plain(x), fast(x)
     channels_last = [t.is_contiguous(memory_format=torch.channels_last) for t in seen]
     assert channels_last == [False, True]
+    assert features["res2"].is_contiguous()  # what leaves the backbone is NCHW, as before
     assert not plain.res2[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert fast.res2[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     # On the CPU the default is channels_last.
