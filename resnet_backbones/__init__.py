@@ -84,12 +84,13 @@ _LAZY = {
     "create_detector": ".api",
     "list_presets": ".api",
     "list_weights": ".api",
+    "optimize_for_inference": ".inference",
 }
 
 # Subpackages and modules, also reachable as attributes (``resnet_backbones.data``).
 _SUBMODULES = (
-    "api", "cli", "cli_errors", "complexity", "config", "data", "engine", "launch", "model_zoo",
-    "modeling", "presets", "solver", "train_net", "utils", "visualize", "weights",
+    "api", "cli", "cli_errors", "complexity", "config", "data", "engine", "inference", "launch",
+    "model_zoo", "modeling", "presets", "solver", "train_net", "utils", "visualize", "weights",
 )  # fmt: skip
 
 __all__ = [*_LAZY, *_SUBMODULES, "install_c_stand_in", "uses_c_stand_in"]

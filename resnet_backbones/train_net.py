@@ -54,6 +54,7 @@ from .engine import (
     load_config,
     use_cpu_if_no_cuda,
 )
+from .inference import optimize_for_inference
 from .launch import LaunchError, launch, starts_processes
 from .model_zoo import resolve_config_file
 from .output_dir import (
@@ -245,6 +246,9 @@ def _run(args: argparse.Namespace):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         load_for_evaluation(cfg, model, args.resume)
+        if cfg.TEST.OPTIMIZE_FOR_INFERENCE:
+            # Evaluated only, never trained: its norms can be folded (eval mode first).
+            optimize_for_inference(model.eval())
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

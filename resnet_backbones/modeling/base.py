@@ -140,8 +140,11 @@ class StagedBackbone(Backbone):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         outputs = {}
+        # The stages by name from _modules: a dict lookup, where getattr would go through
+        # nn.Module.__getattr__ on every call (and still sees a stage replaced after build).
+        stages = self._modules
         for name in self._chain:
-            x = self._run_stage(name, getattr(self, name), x)
+            x = self._run_stage(name, stages[name], x)
             if name in self._out_features:
                 outputs[name] = x
         return outputs

@@ -131,9 +131,23 @@ class _ResidualBlock(CNNBlockBase):
             target = norm if getattr(norm, "weight", None) is not None else last
             with torch.no_grad():
                 target.weight.zero_()
+        # The branch, built once: per conv, its name, the name of the norm before it (a
+        # pre-activation block's norm2, norm3 ...; None where there is none) and whether a ReLU
+        # precedes it. forward reads the modules from _modules by these names: no f-string, no
+        # nn.Module.__getattr__ and no AttributeError caught per call, and a norm folded away
+        # (resnet_backbones.inference sets it to None) is skipped. Parameter names are unchanged.
+        self._branch: tuple[tuple[str, str | None, bool], ...] = tuple(
+            (
+                f"conv{i}",
+                f"norm{i}" if f"norm{i}" in self._modules and i > 1 else None,
+                i > 1 and not (i == 3 and self.conv2_activates),
+            )
+            for i in range(1, self.num_convs + 1)
+        )
 
-    def _conv(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        return getattr(self, f"conv{i}")(x)
+    def _conv(self, i: int, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Runs ``conv``, the branch's conv number ``i``, on ``x``."""
+        return conv(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.order == "relu_preact" or self.preactivates_input:
@@ -141,16 +155,18 @@ class _ResidualBlock(CNNBlockBase):
         else:
             x_act = x
         out = x_act
-        for i in range(1, self.num_convs + 1):
+        modules = self._modules
+        for i, (conv_name, norm_name, relu) in enumerate(self._branch, start=1):
             if i > 1:
-                pre_norm = getattr(self, f"norm{i}", None)
-                if pre_norm is not None:
-                    out = pre_norm(out)
-                if not (i == 3 and self.conv2_activates):
+                if norm_name is not None:
+                    pre_norm = modules[norm_name]
+                    if pre_norm is not None:
+                        out = pre_norm(out)
+                if relu:
                     out = F.relu_(out)
                 if self.dropout:
                     out = F.dropout(out, self.dropout, self.training)
-            out = self._conv(i, out)
+            out = self._conv(i, modules[conv_name], out)
         if self.order == "relu_before_add":
             out = F.relu_(out)
         if self.se is not None:
@@ -250,20 +266,22 @@ class BottleneckBlock(_ResidualBlock):
                 **conv3x3,
             )
         self.deform_modulated = options.deform_modulated
+        # conv2 is deformable (and reads offsets from conv2_offset); Res2Net's split wins.
+        self.deformable = "conv2_offset" in self._modules
         self._add_conv(
             Conv2d, bottleneck_channels, self.out_channels, options, kernel_size=1, bias=False
         )
 
-    def _conv(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        if i != 2 or not hasattr(self, "conv2_offset"):
-            return super()._conv(i, x)
+    def _conv(self, i: int, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if i != 2 or not self.deformable:
+            return conv(x)
         offset = self.conv2_offset(x)
         mask = None
         if self.deform_modulated:
             offset_x, offset_y, mask = torch.chunk(offset, 3, dim=1)
             offset = torch.cat((offset_x, offset_y), dim=1)
             mask = mask.sigmoid()
-        return self.conv2(x, offset, mask)
+        return conv(x, offset, mask)
 
 
 BLOCK_CLASSES: dict[str, type[_ResidualBlock]] = {

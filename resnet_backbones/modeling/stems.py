@@ -68,11 +68,15 @@ class _Stem(CNNBlockBase):
             weight_init.c2_msra_fill(conv)
             self.add_module(f"conv{i}", conv)
             c_in = c_out
+        # Built once, read by forward from _modules: no f-string and no nn.Module.__getattr__
+        # per call (the parameter names stay conv1.*, conv2.* ...).
+        self._conv_names: tuple[str, ...] = tuple(f"conv{i}" for i in range(1, len(self.convs) + 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i in range(1, len(self.convs)):
-            x = F.relu_(getattr(self, f"conv{i}")(x))
-        x = getattr(self, f"conv{len(self.convs)}")(x)
+        modules = self._modules
+        for name in self._conv_names[:-1]:
+            x = F.relu_(modules[name](x))
+        x = modules[self._conv_names[-1]](x)
         if not self.preact:
             x = F.relu_(x)
         if self.pool:
