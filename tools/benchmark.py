@@ -42,7 +42,36 @@ class Benchmark:
     quick_args: tuple[str, ...] = ()  # replaces ``args`` with --quick: a smoke run in seconds
 
 
-BENCHMARKS: tuple[Benchmark, ...] = ()
+QUICKSTART = "configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml"
+# Every benchmark of issue 12, in the order of its sections.
+BENCHMARKS: tuple[Benchmark, ...] = (
+    # optimize_for_inference: the R-101 backbone and Faster R-CNN R-101-FPN at 800x1216 against
+    # detectron2's default model with the same weights; our training-mode forward against its.
+    Benchmark("inference", "benchmark_inference.py", ("--repeats", "5"), ("--quick",)),
+    # bf16 autocast and channels_last training against fp32, on the quickstart's step.
+    Benchmark(
+        "train_variants",
+        "benchmark_train.py",
+        # fmt: off
+        ("--config", QUICKSTART, "--variants", "fp32", "amp", "channels_last", "amp+channels_last",
+         "--size", "192", "192", "--batch", "6", "--iters", "10", "--warmup", "2"),
+        ("--config", QUICKSTART, "--variants", "fp32", "amp", "--size", "64", "64", "--batch", "1",
+         "--iters", "1", "--warmup", "0", "--calibration-repeats", "1",
+         "--calibration-size", "64", "64"),
+        # fmt: on
+    ),
+    # Activation checkpointing: peak memory of a training step, R-101-FPN, batch 2 at 800x1216.
+    Benchmark("memory", "benchmark_memory.py", (), ("--quick", "--backbone-only")),
+    # The quickstart's training step with the fast CPU RoIAlign backward against torchvision's.
+    Benchmark(
+        "train_step",
+        "benchmark_train_step.py",
+        ("--config", QUICKSTART, "--iters", "10"),
+        ("--config", QUICKSTART, "--quick"),
+    ),
+    # faster-coco-eval against pycocotools on a generated COCO-sized result set.
+    Benchmark("coco_eval", "benchmark_coco_eval.py", (), ("--quick",)),
+)
 
 
 def run_one(bench: Benchmark, quick: bool, workdir: str) -> dict:
