@@ -260,6 +260,7 @@ class COCOEvaluator(_DetectronCOCOEvaluator):
         """detectron2 v0.6's ``COCOEvaluator._eval_predictions``, line for line, but for the
         evaluation call: detectron2 picks the COCOeval class inside a module-level function
         (``_evaluate_predictions_on_coco``), which no argument or subclass can change."""
+        self.summaries = {}  # this evaluation's only: no task keeps a previous one's numbers
         self._logger.info("Preparing results for COCO format ...")
         coco_results = list(itertools.chain(*[x["instances"] for x in predictions]))
         tasks = self._tasks or self._tasks_from_predictions(coco_results)

@@ -197,8 +197,8 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
     # Train and test a detector in channels_last memory format (issue 12; faster convolutions on
     # many CPUs and GPUs): the backbone's and FPN's weights are stored so and the backbone
     # converts its input images, so every feature and head after it runs channels_last too.
-    # The numbers equal the default format's within float rounding. CLS.CHANNELS_LAST is the
-    # classifier's own key.
+    # The numbers equal the default format's within float rounding. A classifier's backbone
+    # follows it too; CLS.CHANNELS_LAST converts the whole classifier and its input images.
     if "CHANNELS_LAST" not in cfg.MODEL:
         cfg.MODEL.CHANNELS_LAST = False
     # --eval-only runs the model through resnet_backbones.optimize_for_inference (norms folded

@@ -699,6 +699,9 @@ class Trainer(ResumableTrainer):
                 "detection: 'WarmupMultiStepLR' or 'WarmupCosineLR'"
             )
         register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
+        if cfg.DATASETS.TEST:
+            # The evaluator is built at the first evaluation: a bad key would stop the run then.
+            self._coco_eval_impl(cfg)
         # Every dataset of the run checked before the first iteration: the test sets too, which
         # detectron2 would first read after training (validate.py; cached for the loaders).
         settings = ValidationSettings.from_config(cfg)
@@ -775,15 +778,22 @@ class Trainer(ResumableTrainer):
                 "evaluates box detection with COCOEvaluator only (valid: 'coco')"
             )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        requested = cfg.TEST.get("COCO_EVAL_IMPL", "auto")
-        try:  # the errors name the key
-            resolve_coco_eval_impl(requested, key="TEST.COCO_EVAL_IMPL")
-        except ValueError as e:  # a bad value; COCOEvalUnavailable (an ImportError) passes
-            raise ConfigError(str(e)) from None
         return COCOEvaluator(
             dataset_name,
             tasks=("bbox",),
             distributed=True,
             output_dir=output_folder,
-            impl=requested,
+            impl=cls._coco_eval_impl(cfg),
         )
+
+    @staticmethod
+    def _coco_eval_impl(cfg: CfgNode) -> str:
+        """``TEST.COCO_EVAL_IMPL``, checked: a bad value is a ConfigError naming the key and the
+        valid values; "faster_coco_eval" where it does not import, a ``COCOEvalUnavailable``
+        saying how to install it."""
+        requested = cfg.TEST.get("COCO_EVAL_IMPL", "auto")
+        try:  # the errors name the key
+            resolve_coco_eval_impl(requested, key="TEST.COCO_EVAL_IMPL")
+        except ValueError as e:  # a bad value; COCOEvalUnavailable (an ImportError) passes
+            raise ConfigError(str(e)) from None
+        return requested

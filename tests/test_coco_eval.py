@@ -285,6 +285,9 @@ def test_trainer_evaluator_follows_the_config_key(tmp_path, tiny_datasets):
         ConfigError, match=r"TEST.COCO_EVAL_IMPL = 'pycoco' is not valid; valid values: 'auto'"
     ):
         Trainer.build_evaluator(cfg, tiny_datasets[1])
+    # Refused when the Trainer is made, not at the first evaluation after training.
+    with pytest.raises(ConfigError, match=r"TEST.COCO_EVAL_IMPL = 'pycoco' is not valid"):
+        Trainer(cfg)
     if faster_coco_eval_available():
         cfg.TEST.COCO_EVAL_IMPL = "auto"
         assert Trainer.build_evaluator(cfg, tiny_datasets[1]).impl == "faster_coco_eval"

@@ -14,6 +14,7 @@ from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
 from resnet_backbones.engine import Trainer, load_config
+from resnet_backbones.modeling import roi_align as roi_align_module
 from resnet_backbones.modeling.roi_align import (
     FastCPUROIAlign,
     roi_align_backward,
@@ -170,7 +171,7 @@ def tiny_batch(num_images: int = 2, size: int = 64) -> list[dict]:
     return batch
 
 
-def test_trainer_swaps_the_poolers_and_training_is_unchanged():
+def test_trainer_swaps_the_poolers_and_training_is_unchanged(monkeypatch):
     cfg = load_config(QUICKSTART, ["MODEL.ROI_HEADS.FAST_CPU_ROI_ALIGN", "False"])
     torch.manual_seed(0)
     reference = Trainer.build_model(cfg)
@@ -185,7 +186,15 @@ def test_trainer_swaps_the_poolers_and_training_is_unchanged():
     fast.load_state_dict(reference.state_dict())
 
     # Two training iterations (AdamW, as the quickstart) of each model: the same losses and
-    # gradients at every step, so the same weights after them.
+    # gradients at every step, so the same weights after them; the fast backward really ran.
+    backward_calls = []
+    real_backward = roi_align_module.roi_align_backward
+
+    def counted_backward(*args, **kwargs):
+        backward_calls.append(1)
+        return real_backward(*args, **kwargs)
+
+    monkeypatch.setattr(roi_align_module, "roi_align_backward", counted_backward)
     batch = tiny_batch()
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (reference, fast)]
     for iteration in range(2):
@@ -205,6 +214,7 @@ def test_trainer_swaps_the_poolers_and_training_is_unchanged():
         assert ref_grads.keys() == fast_grads.keys()
         for name in ref_grads:
             torch.testing.assert_close(fast_grads[name], ref_grads[name], rtol=1e-4, atol=1e-6)
+    assert len(backward_calls) >= 2  # at least one pooler's backward per iteration
 
 
 def test_use_fast_cpu_roi_align_counts_and_keeps_settings():
