@@ -9,7 +9,7 @@ three steps, each of which keeps the parameter names of the modules it does not 
    running statistics, that directly follows a conv is an affine map per channel; it is folded
    into that conv's weight and bias (``torch.nn.utils.fusion.fuse_conv_bn_weights``) and removed.
    That is detectron2's ``Conv2d(..., norm=...)`` everywhere (stems, blocks, shortcuts, ResNet-D
-   projections, Res2Net's split convs, SE and ReXNet layers, FPN and head convs with a norm), and
+   projections, Res2Net's split convs, SE and ReXNet layers, the FPN's convs with a norm), and
    in a pre-activation block ("preact" order) the ``norm2``, ``norm3`` that directly follow the
    previous bare conv. A norm that follows anything else stays: a pre-activation block's
    ``norm1`` and a stage's closing ``norm`` (after the addition), ``add_norm`` of the
@@ -23,8 +23,13 @@ three steps, each of which keeps the parameter names of the modules it does not 
    R-CNN R-101-FPN, channels_last in the backbone only (features back to NCHW) measured 1.65x
    against detectron2's default where channels_last everywhere measured 1.48x, in one run.
 3. Optionally **torch.compile** of the backbone (``nn.Module.compile``, in place: the state
-   dict keeps its names). Off by default: compiling R-101 takes minutes on 2 cores, and detection
-   images of varying size recompile.
+   dict keeps its names), with Inductor's ``freezing``: under ``torch.no_grad`` the weights
+   become constants, so that Inductor prepacks them for oneDNN and fuses each conv with the
+   ReLU or addition after it. On the 2-core CPU, R-101 at 800x1216 (fp32, idle, one run):
+   detectron2's default 2.16 s, optimised 1.72 s, optimised and compiled 1.47 s (1.47x), the
+   features within 2.5e-6 relative; the first call compiled for 10 s. Off by default: each new
+   input size compiles again (detection images vary), the first call is slow, and the weights
+   are baked in (load them before optimising; a later ``load_state_dict`` is not seen).
 
 The training forward path needs none of this: its per-call Python overhead was removed where
 the modules are built (the stems, blocks and :class:`~resnet_backbones.modeling.StagedBackbone`
@@ -92,8 +97,17 @@ def fold_norms(model: nn.Module) -> int:
     docstring for which ones); returns how many were folded.
 
     The folded norms are removed (``conv.norm`` and a pre-activation block's ``norm{i}`` become
-    None); everything else keeps its name. ``model`` is changed in place.
+    None); everything else keeps its name. ``model`` is changed in place, and must be in eval
+    mode: a folded conv has new parameters, which an optimizer built before would not train.
+
+    Raises:
+        ValueError: ``model`` is in training mode.
     """
+    if model.training:
+        raise ValueError(
+            f"fold_norms changes the parameters of {type(model).__name__}, which is in training "
+            "mode; call model.eval() first (and never train the folded model)"
+        )
     folded = 0
     for module in list(model.modules()):
         if isinstance(module, Conv2d) and _is_foldable(module.norm):
@@ -160,7 +174,8 @@ def optimize_for_inference(
             features come out contiguous).
             None (the default): where the model is on the CPU (measured faster there; on a GPU
             cuDNN's choice depends on the dtype and the card, so it is left as it is).
-        compile: ``nn.Module.compile`` the backbone (it compiles at its first forward).
+        compile: ``nn.Module.compile`` the backbone with Inductor's freezing (it compiles at
+            its first forward, and again for each new input size; the weights are baked in).
 
     Returns:
         ``model``.
@@ -174,9 +189,12 @@ def optimize_for_inference(
             f"optimize_for_inference folds the norms of {type(model).__name__}, which is in "
             "training mode; call model.eval() first (and never train the optimised model)"
         )
-    for name, value in (("channels_last", channels_last), ("compile", compile)):
-        if value is not None and not isinstance(value, bool):
-            raise ValueError(f"{name} = {value!r} is not valid; valid values: True, False")
+    if channels_last is not None and not isinstance(channels_last, bool):
+        raise ValueError(
+            f"channels_last = {channels_last!r} is not valid; valid values: True, False, None"
+        )
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile = {compile!r} is not valid; valid values: True, False")
     folded = fold_norms(model)
     backbone = _backbone_of(model)
     if channels_last is None:
@@ -185,7 +203,7 @@ def optimize_for_inference(
     if channels_last:
         _run_in_channels_last(backbone)
     if compile:
-        backbone.compile()
+        backbone.compile(options={"freezing": True})
     logger.info(
         "Optimised %s for inference: %d norms folded into convs, channels_last %s, compiled %s",
         type(model).__name__,

@@ -182,9 +182,15 @@ def test_refuses_a_model_in_training_mode_and_bad_flags():
     model = ResNetFamily(resnet_spec(18, res2_out_channels=64))
     with pytest.raises(ValueError, match=r"training mode; call model.eval\(\) first"):
         optimize_for_inference(model)
+    with pytest.raises(ValueError, match=r"training mode; call model.eval\(\) first"):
+        fold_norms(model)
     assert isinstance(model.stem.conv1.norm, FrozenBatchNorm2d)  # left untouched
-    with pytest.raises(ValueError, match=r"channels_last = 'yes' is not valid; valid values"):
+    with pytest.raises(
+        ValueError, match=r"channels_last = 'yes' is not valid; valid values: True, False, None"
+    ):
         optimize_for_inference(model.eval(), channels_last="yes")
+    with pytest.raises(ValueError, match=r"compile = 1 is not valid; valid values: True, False"):
+        optimize_for_inference(model, compile=1)
     assert all(isinstance(m.norm, FrozenBatchNorm2d) for m in model.modules() if type(m) is Conv2d)
 
 

@@ -45,9 +45,10 @@ class Benchmark:
 QUICKSTART = "configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml"
 # Every benchmark of issue 12, in the order of its sections.
 BENCHMARKS: tuple[Benchmark, ...] = (
-    # optimize_for_inference: the R-101 backbone and Faster R-CNN R-101-FPN at 800x1216 against
-    # detectron2's default model with the same weights; our training-mode forward against its.
-    Benchmark("inference", "benchmark_inference.py", ("--repeats", "5"), ("--quick",)),
+    # optimize_for_inference, eager and compiled: the R-101 backbone and Faster R-CNN R-101-FPN
+    # at 800x1216 against detectron2's default model with the same weights; our training-mode
+    # forward against its.
+    Benchmark("inference", "benchmark_inference.py", ("--repeats", "5", "--compile"), ("--quick",)),
     # bf16 autocast and channels_last training against fp32, on the quickstart's step.
     Benchmark(
         "train_variants",
