@@ -25,9 +25,9 @@ three steps, each of which keeps the parameter names of the modules it does not 
 3. Optionally **torch.compile** of the backbone (``nn.Module.compile``, in place: the state
    dict keeps its names), with Inductor's ``freezing``: under ``torch.no_grad`` the weights
    become constants, so that Inductor prepacks them for oneDNN and fuses each conv with the
-   ReLU or addition after it. On the 2-core CPU, R-101 at 800x1216 (fp32, idle, one run):
-   detectron2's default 2.16 s, optimised 1.72 s, optimised and compiled 1.47 s (1.47x), the
-   features within 2.5e-6 relative; the first call compiled for 10 s. Off by default: each new
+   ReLU or addition after it (on the 2-core CPU, R-101 at 800x1216: 1.32-1.47x against
+   detectron2's default where eager measured 1.25-1.32x; the features within 2.5e-6 relative;
+   the first call compiles for 10-15 s; see MODEL_ZOO.md). Off by default: each new
    input size compiles again (detection images vary), the first call is slow, and the weights
    are baked in (load them before optimising; a later ``load_state_dict`` is not seen).
 
