@@ -4,7 +4,9 @@ test module."""
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import os
+import sys
 import threading
 from collections import Counter
 from typing import Optional
@@ -16,6 +18,21 @@ from resnet_backbones.config import BASE_CONFIGS  # noqa: F401  (re-exported to 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml")
+
+
+def load_tool(name: str):
+    """The script ``tools/<name>.py`` as a module (the tools are scripts, not a package). It is
+    registered in ``sys.modules`` (as ``resnet_backbones_tools.<name>``), where a dataclass of
+    the script looks its module up."""
+    spec = importlib.util.spec_from_file_location(
+        f"resnet_backbones_tools.{name}", os.path.join(REPO, "tools", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 STAGES = ["res2", "res3", "res4", "res5"]
 
 

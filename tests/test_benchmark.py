@@ -1,22 +1,13 @@
 """tools/benchmark.py, the one table of ``make benchmark``: it runs each benchmark script in its
 own process, reads its JSON rows, and reports a failing script without losing the others."""
 
-import importlib.util
 import json
-import os
-import sys
 
-from .helpers import REPO
+from .helpers import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_all", os.path.join(REPO, "tools", "benchmark.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("benchmark")
 
 
 _FAKE = """

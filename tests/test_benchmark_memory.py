@@ -1,22 +1,15 @@
 """tools/benchmark_memory.py and tools/benchmark_train.py --variants on tiny settings: they write
 the rows of the benchmark table as JSON (the numbers themselves are measured by running them)."""
 
-import importlib.util
 import json
-import os
-import sys
 
-from .helpers import QUICKSTART, REPO
+from .helpers import QUICKSTART, load_tool
 
 ROW_KEYS = {"measure", "baseline", "baseline_value", "ours_value", "unit", "ratio", "target"}
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name)
 
 
 def test_memory_benchmark_writes_rows(tmp_path, monkeypatch):

@@ -2,26 +2,17 @@
 iteration per loop) writes the table's numbers as JSON, and the baseline's lighting is the
 recipe's formula."""
 
-import importlib.util
 import json
-import os
-import sys
 
 import torch
 
 from resnet_backbones.data.cls_transforms import Lighting
 
-from .helpers import REPO
+from .helpers import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_pretrain", os.path.join(REPO, "tools", "benchmark_pretrain.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("benchmark_pretrain")
 
 
 def test_tiny_run_writes_positive_numbers(tmp_path, capsys):

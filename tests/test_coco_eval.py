@@ -5,10 +5,8 @@ the choice of implementation (TEST.COCO_EVAL_IMPL) and its errors, and the bench
 The generated set is 500 images here, a tenth of COCO val: pycocotools takes about 12 s on it
 on 2 cores, over 2 minutes on the 5000 images, which tools/benchmark_coco_eval.py compares."""
 
-import importlib.util
 import json
 import math
-import os
 import sys
 
 import numpy as np
@@ -31,7 +29,7 @@ from resnet_backbones.config import ConfigError
 from resnet_backbones.data.synthetic_coco import coco_category_ids, generate_coco_eval_set
 from resnet_backbones.engine import Trainer
 
-from .helpers import REPO, tiny_cfg, tiny_shapes
+from .helpers import load_tool, tiny_cfg, tiny_shapes
 
 TOLERANCE = 1e-4
 IMPLS = ("pycocotools", "faster_coco_eval")
@@ -304,12 +302,7 @@ def test_trainer_names_the_key_where_faster_coco_eval_is_missing(
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_coco_eval", os.path.join(REPO, "tools", "benchmark_coco_eval.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("benchmark_coco_eval")
 
 
 def test_benchmark_quick_run_writes_the_table_row(tmp_path, capsys):

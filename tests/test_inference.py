@@ -233,16 +233,11 @@ def test_eval_only_evaluates_the_optimised_model_unless_the_key_says_no(
 
 
 def test_benchmark_script_writes_the_table_rows(tmp_path):
-    import importlib.util
     import json
-    import os
 
-    from .helpers import REPO
+    from .helpers import load_tool
 
-    path = os.path.join(REPO, "tools", "benchmark_inference.py")
-    spec = importlib.util.spec_from_file_location("benchmark_inference", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("benchmark_inference")
     out = tmp_path / "inference.json"
     # The detector row (R-50 here, to build fast) is the one with the most parts.
     argv = ["--quick", "--only", "faster_rcnn_fpn", "--depth", "50", "--out", str(out)]

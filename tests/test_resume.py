@@ -5,7 +5,6 @@ OUTPUT_DIR, and the errors that stop a run (non-finite loss, out of memory)."""
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import os
 
 import numpy as np
@@ -23,16 +22,11 @@ from resnet_backbones.output_dir import (
 from resnet_backbones.resume import capture_rng_state, restore_rng_state
 from resnet_backbones.train_net import main
 
-from .helpers import QUICKSTART, REPO, TINY_OWN_DATA, write_coco_folder
+from .helpers import QUICKSTART, TINY_OWN_DATA, load_tool, write_coco_folder
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "chaos_resume", os.path.join(REPO, "tools", "chaos_resume.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("chaos_resume")
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,9 +2,7 @@
 op, and its swap into the models the Trainer builds."""
 
 import copy
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
@@ -22,7 +20,7 @@ from resnet_backbones.modeling.roi_align import (
     use_fast_cpu_roi_align,
 )
 
-from .helpers import QUICKSTART, REPO
+from .helpers import QUICKSTART, load_tool
 
 N, C, H, W = 3, 4, 11, 14
 
@@ -244,10 +242,7 @@ def test_use_fast_cpu_roi_align_counts_and_keeps_settings():
 
 
 def test_benchmark_script_writes_the_table_rows(tmp_path):
-    path = os.path.join(REPO, "tools", "benchmark_train_step.py")
-    spec = importlib.util.spec_from_file_location("benchmark_train_step", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("benchmark_train_step")
     out = tmp_path / "result.json"
     assert tool.main(["--config", QUICKSTART, "--quick", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
