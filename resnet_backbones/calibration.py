@@ -3,17 +3,28 @@ R-101 backbone forward (FrozenBN, stride in the 1x1 conv) on one 800x1216 image,
 
 These machines differ up to 3x in speed and are shared: a time means something only next to
 this one, measured in the same command (``make benchmark`` times the same network against ours).
+
+The benchmark scripts also report through here: :func:`benchmark_row` is one row of ``make
+benchmark``'s table (``tools/benchmark.py``), :func:`write_result` writes a script's JSON.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["detectron2_r101", "forward_seconds", "r101_forward_seconds"]
+__all__ = [
+    "benchmark_row",
+    "detectron2_r101",
+    "forward_seconds",
+    "r101_forward_seconds",
+    "write_result",
+]
 
 CALIBRATION_SIZE = (800, 1216)
 
@@ -49,3 +60,34 @@ def forward_seconds(
 def r101_forward_seconds(repeats: int = 3, size: Sequence[int] = CALIBRATION_SIZE) -> float:
     """The calibration: median seconds of :func:`detectron2_r101`'s forward."""
     return forward_seconds(detectron2_r101(), repeats, size)
+
+
+def benchmark_row(
+    measure: str,
+    baseline: str,
+    baseline_value: float,
+    ours_value: float,
+    unit: str,
+    target: Optional[float] = None,
+    **extra,
+) -> dict:
+    """One row of ``make benchmark``'s table: ours against its baseline, measured in one process.
+    ``ratio`` is baseline / ours (above 1: ours is faster or smaller), compared with ``target``
+    where there is one; ``extra`` keys follow."""
+    return {
+        "measure": measure,
+        "baseline": baseline,
+        "baseline_value": baseline_value,
+        "ours_value": ours_value,
+        "unit": unit,
+        "ratio": baseline_value / ours_value,
+        "target": target,
+        **extra,
+    }
+
+
+def write_result(path: str, result: dict) -> None:
+    """Writes a benchmark's result as JSON to ``path`` (its folder made if missing)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import copy
 import io
-import json
 import os
 import platform
 import statistics
@@ -49,7 +48,12 @@ import resnet_backbones  # noqa: F401
 import faster_coco_eval
 from pycocotools.coco import COCO
 
-from resnet_backbones.calibration import detectron2_r101, forward_seconds
+from resnet_backbones.calibration import (
+    benchmark_row,
+    detectron2_r101,
+    forward_seconds,
+    write_result,
+)
 from resnet_backbones.coco_eval import COCOEvalSummary, evaluate_predictions_on_coco
 from resnet_backbones.data.synthetic_coco import generate_coco_eval_set
 
@@ -131,26 +135,19 @@ def run(
     median = {impl: statistics.median(t) for impl, t in times.items()}
     median_cpu = {impl: statistics.median(t) for impl, t in cpu_times.items()}
     stats = [round(float(v), 6) for v in reference.stats]
-    row = {
-        "measure": (
-            f"COCO box evaluation, {images} images, {len(dataset['annotations'])} boxes, "
-            f"{len(results)} detections (loadRes+evaluate+accumulate+summarize)"
-        ),
-        "baseline": f"pycocotools {metadata.version('pycocotools')} COCOeval",
-        "baseline_value": median["pycocotools"],
-        "ours_value": median["faster_coco_eval"],
-        "unit": "s",
-        "ratio": median["pycocotools"] / median["faster_coco_eval"],
-        "target": None,
-    }
-    cpu_row = {
-        **row,
-        "measure": row["measure"] + ", CPU time of the process",
-        "baseline_value": median_cpu["pycocotools"],
-        "ours_value": median_cpu["faster_coco_eval"],
-        "unit": "CPU s",
-        "ratio": median_cpu["pycocotools"] / median_cpu["faster_coco_eval"],
-    }
+    measure = (
+        f"COCO box evaluation, {images} images, {len(dataset['annotations'])} boxes, "
+        f"{len(results)} detections (loadRes+evaluate+accumulate+summarize)"
+    )
+    baseline = f"pycocotools {metadata.version('pycocotools')} COCOeval"
+    row = benchmark_row(measure, baseline, median["pycocotools"], median["faster_coco_eval"], "s")
+    cpu_row = benchmark_row(
+        measure + ", CPU time of the process",
+        baseline,
+        median_cpu["pycocotools"],
+        median_cpu["faster_coco_eval"],
+        "CPU s",
+    )
     return {
         "rows": [row, cpu_row],
         "calibration_s": calibration_before,
@@ -227,8 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     print_table(result)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_result(args.out, result)
     return 0
 
 

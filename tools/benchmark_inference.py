@@ -29,7 +29,6 @@ row's baseline). ``--profile`` prints torch.profiler's top operators of both det
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -46,7 +45,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
 from resnet_backbones import add_resnet_backbones_config, build_resnet_family_backbone
-from resnet_backbones.calibration import detectron2_r101
+from resnet_backbones.calibration import benchmark_row, detectron2_r101, write_result
 from resnet_backbones.inference import optimize_for_inference
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -101,20 +100,18 @@ def _matched_detections(expected, actual) -> int:
 
 
 def _row(measure: str, baseline: str, times: dict, checked: bool, **extra) -> dict:
-    base, ours = statistics.median(times["baseline"]), statistics.median(times["ours"])
-    return {
-        "measure": measure,
-        "baseline": baseline,
-        "baseline_value": base,
-        "ours_value": ours,
-        "unit": "s",
-        "ratio": base / ours,
-        "target": TARGETS[measure],
-        "outputs_checked": checked,
-        "baseline_times": times["baseline"],
-        "ours_times": times["ours"],
+    return benchmark_row(
+        measure,
+        baseline,
+        statistics.median(times["baseline"]),
+        statistics.median(times["ours"]),
+        "s",
+        TARGETS[measure],
+        outputs_checked=checked,
+        baseline_times=times["baseline"],
+        ours_times=times["ours"],
         **extra,
-    }
+    )
 
 
 def bench_backbone(args, x, compile: bool = False) -> dict:
@@ -278,8 +275,7 @@ def main(argv=None) -> int:
             f"{r['ratio']:>8.3f} {r['target']:>6} {r['outputs_checked']}{matched}{first}"
         )
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_result(args.out, result)
     return 0 if all(r["outputs_checked"] for r in rows) else 1
 
 

@@ -51,7 +51,7 @@ import resnet_backbones  # noqa: F401
 from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 
-from resnet_backbones.calibration import r101_forward_seconds
+from resnet_backbones.calibration import benchmark_row, r101_forward_seconds, write_result
 from resnet_backbones.engine import load_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -203,17 +203,16 @@ def main(argv=None) -> int:
             checkpointed = run_variant(args, model, list(args.stages), setting)
             variants[f"{model}, {allocator}"] = {"without": plain, "with": checkpointed}
             rows.append(
-                {
-                    "measure": f"{name} {model} training step memory, {shape} ({where}"
+                benchmark_row(
+                    f"{name} {model} training step memory, {shape} ({where}"
                     + ("" if allocator == "cuda" else f", malloc {allocator}")
                     + f"), activation checkpointing of {' '.join(args.stages)}",
-                    "baseline": "the same step without activation checkpointing",
-                    "baseline_value": plain["step_mib"],
-                    "ours_value": checkpointed["step_mib"],
-                    "unit": "MiB",
-                    "ratio": plain["step_mib"] / checkpointed["step_mib"],
-                    "target": TARGET_RATIO if model == "backbone" else None,
-                }
+                    "the same step without activation checkpointing",
+                    plain["step_mib"],
+                    checkpointed["step_mib"],
+                    "MiB",
+                    TARGET_RATIO if model == "backbone" else None,
+                )
             )
     calibration = r101_forward_seconds(args.calibration_repeats, calibration_size)
     result = {
@@ -240,9 +239,7 @@ def main(argv=None) -> int:
         )
     print(f"calibration (detectron2 R-101 forward at {calibration_size}): {calibration:.3f} s")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+        write_result(args.out, result)
     return 0
 
 

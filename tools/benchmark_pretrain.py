@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import statistics
@@ -65,7 +64,7 @@ from detectron2.engine import hooks
 from detectron2.utils.events import EventStorage
 from torchvision.transforms import v2
 
-from resnet_backbones.calibration import detectron2_r101, forward_seconds
+from resnet_backbones.calibration import detectron2_r101, forward_seconds, write_result
 from resnet_backbones.data.classification import register_image_folder
 from resnet_backbones.data.cls_transforms import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS
 from resnet_backbones.engine import load_config
@@ -466,9 +465,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     print(format_table(result))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+        write_result(args.out, result)
     return 0
 
 

@@ -44,7 +44,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from resnet_backbones.calibration import r101_forward_seconds
+from resnet_backbones.calibration import benchmark_row, r101_forward_seconds, write_result
 from resnet_backbones.engine import load_config
 
 BUILTIN = {
@@ -212,9 +212,7 @@ def main(argv=None) -> int:
         )
     print(json.dumps(result, indent=1))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+        write_result(args.out, result)
     return 0
 
 
@@ -250,16 +248,14 @@ def compare_variants(args) -> int:
     sizes = [list(args.size or SIZES[i % len(SIZES)]) for i in range(args.batch)]
     config_name = os.path.splitext(os.path.basename(args.config))[0]
     rows = [
-        {
-            "measure": f"{config_name} training iteration, {variant} (batch {args.batch}, "
+        benchmark_row(
+            f"{config_name} training iteration, {variant} (batch {args.batch}, "
             f"{'x'.join(map(str, sizes[0]))}, {device})",
-            "baseline": f"the same iteration in {baseline}",
-            "baseline_value": medians[baseline],
-            "ours_value": medians[variant],
-            "unit": "s/iter",
-            "ratio": medians[baseline] / medians[variant],
-            "target": None,
-        }
+            f"the same iteration in {baseline}",
+            medians[baseline],
+            medians[variant],
+            "s/iter",
+        )
         for variant in args.variants[1:]
     ]
     calibration = r101_forward_seconds(args.calibration_repeats, args.calibration_size)
@@ -289,9 +285,7 @@ def compare_variants(args) -> int:
     size = "x".join(map(str, args.calibration_size))
     print(f"calibration (detectron2 R-101 forward, {size}): {calibration:.3f} s")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+        write_result(args.out, result)
     return 0
 
 

@@ -20,7 +20,6 @@ command. --profile N prints torch.profiler's top ops of N steps of each model.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -38,7 +37,12 @@ from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
 from resnet_backbones import solver
-from resnet_backbones.calibration import CALIBRATION_SIZE, r101_forward_seconds
+from resnet_backbones.calibration import (
+    CALIBRATION_SIZE,
+    benchmark_row,
+    r101_forward_seconds,
+    write_result,
+)
 from resnet_backbones.engine import Trainer, load_config
 from resnet_backbones.modeling.roi_align import roi_align_backward
 
@@ -184,25 +188,21 @@ def main(argv=None) -> int:
     op = roi_align_backward_times(cfg, num_images, size, max(1, args.iters))
 
     rows = [
-        {
-            "measure": f"CPU training step, {os.path.basename(cfg_file)} "
-            f"({num_images} images of {size} px)",
-            "baseline": f"the same model with torchvision's RoIAlign ({KEY} False)",
-            "baseline_value": medians["torchvision"],
-            "ours_value": medians["ours"],
-            "unit": "s/iter",
-            "ratio": medians["torchvision"] / medians["ours"],
-            "target": 1.5,
-        },
-        {
-            "measure": "RoIAlign backward, the box pooler's finest level at the step's sizes",
-            "baseline": "torchvision's CPU kernel",
-            "baseline_value": op["torchvision"],
-            "ours_value": op["ours"],
-            "unit": "s",
-            "ratio": op["torchvision"] / op["ours"],
-            "target": None,
-        },
+        benchmark_row(
+            f"CPU training step, {os.path.basename(cfg_file)} ({num_images} images of {size} px)",
+            f"the same model with torchvision's RoIAlign ({KEY} False)",
+            medians["torchvision"],
+            medians["ours"],
+            "s/iter",
+            1.5,
+        ),
+        benchmark_row(
+            "RoIAlign backward, the box pooler's finest level at the step's sizes",
+            "torchvision's CPU kernel",
+            op["torchvision"],
+            op["ours"],
+            "s",
+        ),
     ]
     result = {
         "rows": rows,
@@ -222,9 +222,7 @@ def main(argv=None) -> int:
             f"{row['ratio']:>7.2f}"
         )
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+        write_result(args.out, result)
     if args.profile:
         print_profile(models, batch, args.profile)
     return 0
