@@ -26,12 +26,20 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Optional, Sequence
 
-from .utils import atomic_write
+from .runs import (
+    REPO,
+    RunError,
+    calibrate,
+    format_calibration,
+    read_json,
+    run_logged,
+    wall_times,
+    write_text,
+)
 
 __all__ = [
     "DETECT_CONFIG",
@@ -40,15 +48,12 @@ __all__ = [
     "bbox_ap_by_iteration",
     "format_table",
     "main",
-    "r101_forward_seconds",
     "summarize",
 ]
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_CONFIG = os.path.join(REPO, "configs/quickstart/pretrain_R18_shapes_cls.yaml")
 DETECT_CONFIG = os.path.join(REPO, "configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml")
 INITS = ("pretrained", "scratch")
-_WALL_FILE = "wall_time.json"
 
 
 def bbox_ap_by_iteration(metrics_path: str, max_iter: int) -> dict[int, dict[str, float]]:
@@ -173,55 +178,6 @@ def verdict(summary: dict[str, Any], half: int, full: int) -> str:
     )
 
 
-def r101_forward_seconds(repeats: int = 3, size: tuple[int, int] = (800, 1216)) -> float:
-    """The calibration MODEL_ZOO.md quotes beside its times
-    (:func:`resnet_backbones.calibration.r101_forward_seconds`)."""
-    from .calibration import r101_forward_seconds as calibration
-
-    return calibration(repeats, size)
-
-
-def _calibrate(repeats: int) -> Optional[float]:
-    if repeats <= 0:
-        return None
-    print("Calibration: detectron2's R-101 forward at 800x1216 ...", flush=True)
-    seconds = r101_forward_seconds(repeats)
-    print(f"  {seconds:.2f} s", flush=True)
-    return seconds
-
-
-def _fmt_s(seconds: Optional[float]) -> str:
-    return "not measured" if seconds is None else f"{seconds:.2f} s"
-
-
-def _read_json(path: str) -> Optional[dict]:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_text(path: str, text: str) -> None:
-    with atomic_write(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def _run(command: list[str], out_dir: str, log: str) -> float:
-    """Runs ``command`` (its output appended to ``log``); records and returns its wall time."""
-    os.makedirs(out_dir, exist_ok=True)
-    print(f"$ {' '.join(command)}   (log: {log})", flush=True)
-    start = time.time()
-    with open(log, "a") as f:
-        status = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
-    wall = time.time() - start
-    if status:
-        raise SystemExit(f"error: {command[1]} exited with status {status}; see {log}")
-    previous = _read_json(os.path.join(out_dir, _WALL_FILE)) or {"wall_s": []}
-    previous["wall_s"].append(wall)
-    _write_text(os.path.join(out_dir, _WALL_FILE), json.dumps(previous))
-    return wall
-
-
 def _detection_done(out_dir: str, max_iter: int) -> bool:
     return os.path.isfile(os.path.join(out_dir, "model_final.pth")) and max_iter in (
         bbox_ap_by_iteration(os.path.join(out_dir, "metrics.json"), max_iter)
@@ -281,7 +237,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command (see the module doc): 0, or 1 after a run failed (its log named)."""
     args = parse_args(argv)
+    try:
+        return _main(args)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
     python = sys.executable
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -296,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "detect_iters": full,
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
-    record["r101_forward_s_before"] = _calibrate(args.calibration_repeats)
+    record["r101_forward_s_before"] = calibrate(args.calibration_repeats)
     start = time.time()
 
     # 1. Pretraining, once.
@@ -305,7 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "pretrained" not in args.inits:
         print("No pretrained runs asked for (--inits): no pretraining", flush=True)
     elif not os.path.isfile(os.path.join(pre_dir, "model_final.json")):
-        _run(
+        run_logged(
             [python, "tools/pretrain_net.py", "--config", PRETRAIN_CONFIG, "--resume",
              *args.pretrain_opts, "OUTPUT_DIR", pre_dir],
             pre_dir,
@@ -315,8 +280,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"Pretraining done already: {weights}", flush=True)
     record["pretrain"] = {
         "output_dir": pre_dir,
-        "eval_results": _read_json(os.path.join(pre_dir, "eval_results.json")),
-        "wall_s": (_read_json(os.path.join(pre_dir, _WALL_FILE)) or {}).get("wall_s"),
+        "eval_results": read_json(os.path.join(pre_dir, "eval_results.json")),
+        "wall_s": wall_times(pre_dir) or None,
     }
 
     # 2. Detection runs, seed by seed, so that an interrupted experiment has whole pairs.
@@ -346,20 +311,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     opts += ["SOLVER.MAX_ITER", str(full)]
                 if init == "pretrained":
                     opts += ["MODEL.WEIGHTS", weights]
-                _run(
+                run_logged(
                     [python, "tools/train_net.py", "--config", DETECT_CONFIG, "--resume",
                      *opts, "OUTPUT_DIR", out_dir],
                     out_dir,
                     os.path.join(workdir, f"seed{seed}_{init}.log"),
                 )  # fmt: skip
             aps[init][seed] = bbox_ap_by_iteration(os.path.join(out_dir, "metrics.json"), full)
-            walls[init][seed] = (_read_json(os.path.join(out_dir, _WALL_FILE)) or {}).get("wall_s")
+            walls[init][seed] = wall_times(out_dir) or None
             dirs[init][seed] = out_dir
     aps = {k: v for k, v in aps.items() if v}
 
     # 3. Aggregate and report.
     record["experiment_wall_s"] = time.time() - start
-    record["r101_forward_s_after"] = _calibrate(args.calibration_repeats)
+    record["r101_forward_s_after"] = calibrate(args.calibration_repeats)
     summary = summarize(aps, checkpoints)
     record["runs"] = {
         init: {
@@ -381,13 +346,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "",
         record["verdict"],
         f"Calibration: detectron2's R-101 forward at 800x1216 "
-        f"{_fmt_s(record['r101_forward_s_before'])} before, "
-        f"{_fmt_s(record['r101_forward_s_after'])} after; experiment wall time "
+        f"{format_calibration(record['r101_forward_s_before'])} before, "
+        f"{format_calibration(record['r101_forward_s_after'])} after; experiment wall time "
         f"{record['experiment_wall_s']:.0f} s (runs done in earlier invocations not included).",
     ]
     text = "\n".join(lines)
     print(text, flush=True)
-    _write_text(os.path.join(workdir, "summary.json"), json.dumps(record, indent=1))
-    _write_text(os.path.join(workdir, "summary.md"), text + "\n")
+    write_text(os.path.join(workdir, "summary.json"), json.dumps(record, indent=1))
+    write_text(os.path.join(workdir, "summary.md"), text + "\n")
     print(f"Wrote {workdir}/summary.json and summary.md", flush=True)
     return 0
