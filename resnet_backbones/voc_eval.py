@@ -14,7 +14,9 @@ through detectron2's ``voc_ap`` with both metrics. ``results["bbox"]`` holds:
 * ``AP50_area``: AP50 by the area (all-point) metric;
 * ``AP50-<class>``: each class's AP50 by the year's metric.
 
-All are percentages. The Trainer writes them, as ``bbox/AP50_voc07`` ..., into the event
+All are percentages. A class without ground truth in the test set (difficult boxes aside) has
+no AP: NaN, left out of the means, as COCO's evaluator does (detectron2's VOC evaluator
+averages its NaN or 0 in). The Trainer writes them, as ``bbox/AP50_voc07`` ..., into the event
 storage (``metrics.json``) and the log where it writes COCO's.
 """
 
@@ -26,8 +28,9 @@ from collections import OrderedDict, defaultdict
 
 import numpy as np
 from detectron2.evaluation import PascalVOCDetectionEvaluator
-from detectron2.evaluation.pascal_voc_evaluation import voc_ap, voc_eval
+from detectron2.evaluation.pascal_voc_evaluation import parse_rec, voc_ap, voc_eval
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 from ._compat import numpy_aliases
 
@@ -59,11 +62,28 @@ class VOCDetectionEvaluator(PascalVOCDetectionEvaluator):
             "VOC2007 11-point" if self._is_2007 else "area",
         )
 
+        # A class without ground truth has no AP (voc_eval divides by its zero count: NaN or
+        # 0 by the metric); as COCO's evaluator does, it is left out of the means.
+        counted = self._has_ground_truth()
+        if not all(counted):
+            self._logger.warning(
+                "%s: no ground truth (difficult boxes aside) of the classes %s; their AP is "
+                "NaN and left out of the means",
+                self._dataset_name,
+                [c for c, has in zip(self._class_names, counted) if not has],
+            )
+
         aps = defaultdict(list)  # IoU threshold (percent) -> the AP of each class
         ap50 = {True: [], False: []}  # use_07_metric -> the AP50 of each class
         with tempfile.TemporaryDirectory(prefix="pascal_voc_eval_") as dirname:
             results_file = os.path.join(dirname, "{}.txt")
             for class_id, class_name in enumerate(self._class_names):
+                if not counted[class_id]:
+                    for threshold in IOU_THRESHOLDS:
+                        aps[threshold].append(float("nan"))
+                    ap50[True].append(float("nan"))
+                    ap50[False].append(float("nan"))
+                    continue
                 with open(results_file.format(class_name), "w") as f:
                     f.write("\n".join(predictions.get(class_id, [""])))
                 for threshold in IOU_THRESHOLDS:
@@ -83,14 +103,31 @@ class VOCDetectionEvaluator(PascalVOCDetectionEvaluator):
                         ap50[self._is_2007].append(ap * 100)
                         ap50[not self._is_2007].append(other * 100)
 
-        mean_ap = {threshold: float(np.mean(values)) for threshold, values in aps.items()}
+        def mean(values: list) -> float:
+            kept = [v for v, has in zip(values, counted) if has]
+            return float(np.mean(kept)) if kept else float("nan")
+
+        mean_ap = {threshold: mean(values) for threshold, values in aps.items()}
         bbox = {
             "AP": float(np.mean(list(mean_ap.values()))),
             "AP50": mean_ap[50],
             "AP75": mean_ap[75],
-            "AP50_voc07": float(np.mean(ap50[True])),
-            "AP50_area": float(np.mean(ap50[False])),
+            "AP50_voc07": mean(ap50[True]),
+            "AP50_area": mean(ap50[False]),
         }
         for class_name, value in zip(self._class_names, aps[50]):
             bbox[f"AP50-{class_name}"] = float(value)
         return OrderedDict(bbox=bbox)
+
+    def _has_ground_truth(self) -> list[bool]:
+        """For each class, whether the test set has a box of it that is not ``difficult`` (what
+        voc_eval counts as its positives), read with detectron2's cached ``parse_rec``."""
+        with PathManager.open(self._image_set_path) as f:
+            image_ids = [line.strip() for line in f.readlines()]
+        names = {
+            obj["name"]
+            for image_id in image_ids
+            for obj in parse_rec(self._anno_file_template.format(image_id))
+            if not obj["difficult"]
+        }
+        return [name in names for name in self._class_names]

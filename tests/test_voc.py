@@ -233,6 +233,28 @@ def test_ap50_by_both_metrics_against_hand_computed_values(tmp_path):
         assert ours["AP"] == pytest.approx(ours["AP50"], abs=1e-9)  # IoU 1: every threshold
 
 
+def test_a_class_without_ground_truth_is_left_out_of_the_means(tmp_path):
+    """The hand-computed case with a third class, 'triangle', that has no ground truth but a
+    detection: its AP is NaN and the means are those of the other two (detectron2's evaluator
+    averages its 0 in)."""
+    xml = voc_annotation_xml(
+        "a.jpg", 100, 100, [("circle", (11, 11, 40, 40)), ("square", (11, 61, 40, 90))]
+    )
+    folder = _voc_folder(tmp_path / "VOC2007", {"a": xml})
+    name = "voc_hand_no_triangle"
+    register_voc_format([[name, str(folder), "test", "circle", "square", "triangle"]])
+    detections = _detections(
+        [[10, 10, 40, 40], [10, 60, 40, 90], [60, 60, 90, 90]], [0.9, 0.8, 0.7], [0, 1, 2]
+    )
+    ours = _evaluate(VOCDetectionEvaluator(name), "a", detections)
+    assert math.isnan(ours["AP50-triangle"])
+    for key in ("AP", "AP50", "AP75", "AP50_voc07", "AP50_area"):
+        assert ours[key] == pytest.approx(100.0), key
+    with numpy_aliases(), np.errstate(invalid="ignore"):
+        theirs = _evaluate(PascalVOCDetectionEvaluator(name), "a", detections)
+    assert theirs["AP50"] == pytest.approx(200 / 3)
+
+
 def test_ground_truth_as_detections_scores_100(shapes_voc, tmp_path):
     name = "voc_shapes_perfect"
     register_voc_format([[name, str(shapes_voc), "test", *SHAPES]])
