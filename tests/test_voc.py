@@ -167,6 +167,12 @@ def test_bad_folders_name_the_file(tmp_path):
         assert len(DatasetCatalog.get(name)) == 1  # the loader takes it
         with pytest.raises(DatasetFormatError, match=f"a.xml object 0 .*{message}"):
             check_voc_for_evaluation(name)
+    folder = _voc_folder(tmp_path / "blank_line", {"a": good})
+    (folder / "ImageSets" / "Main" / "test.txt").write_text("a\n\n")
+    register_voc_format([["voc_eval_blank_line", str(folder), "test", "circle"]])
+    assert len(DatasetCatalog.get("voc_eval_blank_line")) == 1  # the loader skips it
+    with pytest.raises(DatasetFormatError, match="test.txt line 2 is blank"):
+        check_voc_for_evaluation("voc_eval_blank_line")
 
 
 def test_missing_voc_gives_the_clear_message(tmp_path, monkeypatch):

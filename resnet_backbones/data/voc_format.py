@@ -291,7 +291,8 @@ def load_voc_format(
 def check_voc_for_evaluation(name: str) -> None:
     """Checks that detectron2's VOC evaluator can read the annotations of the registered
     dataset ``name``: besides what :func:`load_voc_format` checks, each object's ``pose``, and
-    ``truncated``, ``difficult`` and the box coordinates as integers. Fails before training
+    ``truncated``, ``difficult`` and the box coordinates as integers, and no blank line in the
+    split's file. Fails before training
     rather than at the evaluation after it.
 
     Raises:
@@ -302,6 +303,18 @@ def check_voc_for_evaluation(name: str) -> None:
     meta = MetadataCatalog.get(name)
     for image_id in read_voc_split(name, meta.dirname, meta.split):
         _record(name, meta.dirname, image_id, meta.thing_classes, evaluation=True)
+    # The evaluator takes every line of the split's file for an image id (the loader skips
+    # blank ones, as np.loadtxt does).
+    split_file = os.path.join(meta.dirname, "ImageSets", "Main", f"{meta.split}.txt")
+    with open(split_file, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                raise _fail(
+                    name,
+                    split_file,
+                    f"line {number} is blank; detectron2's VOC evaluator reads every line as an "
+                    "image id, so remove it",
+                )
 
 
 class _VOCLoader:
