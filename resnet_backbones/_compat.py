@@ -24,9 +24,11 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import types
+from contextlib import contextmanager
 from functools import cache
-from typing import Optional
+from typing import Iterator, Optional
 
 __all__ = [
     "CompiledOpUnavailable",
@@ -34,6 +36,7 @@ __all__ = [
     "install_c_shim",
     "install_c_stand_in",
     "install_pillow_aliases",
+    "numpy_aliases",
     "uses_c_stand_in",
 ]
 
@@ -180,3 +183,46 @@ def install_pillow_aliases(image_module=None) -> None:
 
     if not hasattr(image_module, "LINEAR"):
         image_module.LINEAR = image_module.BILINEAR
+
+
+# The aliases of Python types that numpy 1.20 deprecated and 1.24 removed, which detectron2
+# v0.6's Pascal VOC evaluator (``np.bool`` in ``voc_eval``) uses.
+_NUMPY_ALIASES = {"bool": bool, "str": str}
+_numpy_alias_lock = threading.Lock()
+_numpy_alias_users = 0
+_numpy_aliases_added: set[tuple[int, str]] = set()  # (id of the module, name) set by us
+
+
+@contextmanager
+def numpy_aliases(numpy_module=None) -> Iterator[None]:
+    """Within it, ``np.bool`` and ``np.str`` are ``bool`` and ``str`` again, as before numpy
+    1.24, for detectron2 v0.6 code that uses them; afterwards numpy is as it was.
+
+    Scoped rather than installed at import: the aliases would otherwise hide the same mistake in
+    the user's own code. A numpy that has the name (numpy 2 has ``np.bool``, its own type) keeps
+    it. Nesting and threads are counted: the aliases go when the last user leaves.
+
+    Args:
+        numpy_module: ``numpy`` (the default), or a stand-in for it in tests.
+    """
+    global _numpy_alias_users
+    if numpy_module is None:
+        import numpy as numpy_module
+
+    with _numpy_alias_lock:
+        _numpy_alias_users += 1
+        # vars(), not hasattr: numpy 1.2x's module __getattr__ warns about the removed names.
+        for name, alias in _NUMPY_ALIASES.items():
+            if name not in vars(numpy_module):
+                setattr(numpy_module, name, alias)
+                _numpy_aliases_added.add((id(numpy_module), name))
+    try:
+        yield
+    finally:
+        with _numpy_alias_lock:
+            _numpy_alias_users -= 1
+            if _numpy_alias_users == 0:
+                for name in _NUMPY_ALIASES:
+                    if (id(numpy_module), name) in _numpy_aliases_added:
+                        delattr(numpy_module, name)
+                        _numpy_aliases_added.discard((id(numpy_module), name))

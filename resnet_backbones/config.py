@@ -165,6 +165,13 @@ def add_resnet_backbones_config(cfg: CfgNode) -> CfgNode:
         # NAME for DATASETS.TRAIN/TEST by the Trainer and tools/train_net.py; relative paths are
         # relative to the YAML file that sets the key (resnet_backbones/data/coco_format.py).
         cfg.DATASETS.COCO_FORMAT = []
+    # Your own Pascal VOC-format folders (issue 14), [[NAME, DIR, SPLIT, CLASS, ...], ...]: DIR
+    # holds Annotations/, JPEGImages/ and ImageSets/Main/SPLIT.txt (detectron2's VOC layout);
+    # without CLASS, VOC's 20 classes. Registered under NAME, evaluated by the VOC evaluator
+    # (resnet_backbones/voc_eval.py); relative paths are relative to the YAML file that sets the
+    # key (resnet_backbones/data/voc_format.py). Also tools/train_net.py --voc-dataset.
+    if "VOC_FORMAT" not in cfg.DATASETS:
+        cfg.DATASETS.VOC_FORMAT = []
     # Checks of every dataset of a run before its first iteration (resnet_backbones/data/
     # validate.py): "headers" (image headers, sizes and ends of files, the JSON), "full" (every
     # image decoded too) or "off" (detectron2's behaviour: nothing checked).

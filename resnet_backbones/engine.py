@@ -38,6 +38,11 @@ from .data.validate import (
     validated_dataset_dicts,
     validation_reports,
 )
+from .data.voc_format import (
+    check_voc_for_evaluation,
+    missing_voc_files,
+    resolve_voc_paths,
+)
 from .events import AtomicJSONWriter
 from .modeling.roi_align import use_fast_cpu_roi_align
 from .output_dir import claim_output_dir_everywhere, release
@@ -50,12 +55,14 @@ from .resume import (
     restore_rng_state,
 )
 from .utils import config_get, first_n, remove_stale_temporaries
+from .voc_eval import VOCDetectionEvaluator
 from .weights.checkpoint import FamilyCheckpointer
 
 __all__ = [
     "CPUAutocastTrainer",
     "ConfigError",
     "DatasetNotFoundError",
+    "EVALUATOR_TYPES",
     "NumClassesError",
     "ResumableTrainer",
     "Trainer",
@@ -77,6 +84,11 @@ logger = logging.getLogger(__name__)
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
 _TYPE_MISMATCH = re.compile(r"Type mismatch \(.*\) with values \(.*\) for config key: (\S+)", re.S)
 _MISSING = object()
+# The datasets' evaluator_type values that the Trainer evaluates (build_evaluator).
+EVALUATOR_TYPES = ("coco", "pascal_voc")
+# The DATASETS keys whose relative paths are relative to the YAML file that sets them, and the
+# function that makes them absolute (load_config).
+_DATASET_PATH_KEYS = {"COCO_FORMAT": resolve_config_paths, "VOC_FORMAT": resolve_voc_paths}
 
 
 def _yaml_error(path: str, error: yaml.MarkedYAMLError) -> ConfigError:
@@ -280,7 +292,8 @@ def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> 
     """detectron2's default config, extended with our keys, merged with one or more files in
     order (a later file wins), then with ``KEY VALUE`` overrides.
 
-    Relative paths in ``DATASETS.COCO_FORMAT`` are made absolute as each file is merged:
+    Relative paths in ``DATASETS.COCO_FORMAT`` and ``DATASETS.VOC_FORMAT`` are made absolute as
+    each file is merged:
     relative to the folder of the YAML file that sets the key; in ``opts``, relative to the
     working directory.
 
@@ -303,26 +316,23 @@ def load_config(config_files: str | Sequence[str], opts: Sequence[str] = ()) -> 
     cfg = get_cfg()
     add_resnet_backbones_config(cfg)
     for config_file in config_files:
-        before = cfg.DATASETS.COCO_FORMAT
+        before = {key: cfg.DATASETS[key] for key in _DATASET_PATH_KEYS}
         chain = merge_config_file(cfg, str(config_file))
-        if cfg.DATASETS.COCO_FORMAT != before:
+        for key, resolve in _DATASET_PATH_KEYS.items():
+            if cfg.DATASETS[key] == before[key]:
+                continue
             # Relative to the folder of the file that set the key: the last of the chain that
             # does (config_file itself, or one of its _BASE_ files).
             setter = next(
-                (
-                    path
-                    for path, loaded in reversed(chain)
-                    if "COCO_FORMAT" in (loaded.get("DATASETS") or {})
-                ),
+                (path for path, loaded in reversed(chain) if key in (loaded.get("DATASETS") or {})),
                 str(config_file),
             )
-            cfg.DATASETS.COCO_FORMAT = resolve_config_paths(
-                cfg.DATASETS.COCO_FORMAT, os.path.dirname(os.path.abspath(setter))
-            )
-    before = cfg.DATASETS.COCO_FORMAT
+            cfg.DATASETS[key] = resolve(cfg.DATASETS[key], os.path.dirname(os.path.abspath(setter)))
+    before = {key: cfg.DATASETS[key] for key in _DATASET_PATH_KEYS}
     merge_config_list(cfg, opts)
-    if cfg.DATASETS.COCO_FORMAT != before:
-        cfg.DATASETS.COCO_FORMAT = resolve_config_paths(cfg.DATASETS.COCO_FORMAT, os.getcwd())
+    for key, resolve in _DATASET_PATH_KEYS.items():
+        if cfg.DATASETS[key] != before[key]:
+            cfg.DATASETS[key] = resolve(cfg.DATASETS[key], os.getcwd())
     return cfg
 
 
@@ -346,9 +356,9 @@ def check_datasets(names: Sequence[str]) -> None:
     """Fails early, and clearly, when a dataset is not registered or its files are missing
     (the built-in datasets are registered first).
 
-    detectron2 registers COCO under ``$DETECTRON2_DATASETS`` (default ``./datasets``) without
-    checking that anything is there; the first sign of a missing dataset would otherwise be a
-    bare FileNotFoundError from deep inside the data loader.
+    detectron2 registers COCO and Pascal VOC under ``$DETECTRON2_DATASETS`` (default
+    ``./datasets``) without checking that anything is there; the first sign of a missing
+    dataset would otherwise be a bare FileNotFoundError from deep inside the data loader.
     """
     register_datasets()
     registered = DatasetCatalog.list()
@@ -363,11 +373,25 @@ def check_datasets(names: Sequence[str]) -> None:
         meta = MetadataCatalog.get(name)
         if getattr(meta, "generated_on_first_use", False):
             continue
-        missing = [
-            path
-            for path in (getattr(meta, "json_file", None), getattr(meta, "image_root", None))
-            if path and not os.path.exists(path)
-        ]
+        voc = getattr(meta, "evaluator_type", None) == "pascal_voc" and hasattr(meta, "dirname")
+        if voc:
+            missing = missing_voc_files(meta.dirname, meta.split)
+            layout = (
+                "for Pascal VOC, detectron2's layout: <root>/VOC2007/ and <root>/VOC2012/, each "
+                "with Annotations/, JPEGImages/ and ImageSets/Main/<split>.txt"
+            )
+            holds = "VOC2007/ and VOC2012/"
+        else:
+            missing = [
+                path
+                for path in (getattr(meta, "json_file", None), getattr(meta, "image_root", None))
+                if path and not os.path.exists(path)
+            ]
+            layout = (
+                "for COCO 2017: <root>/coco/annotations/instances_{train,val}2017.json and "
+                "<root>/coco/{train,val}2017/"
+            )
+            holds = "coco/"
         if missing:
             root = os.environ.get("DETECTRON2_DATASETS")
             where = (
@@ -378,9 +402,8 @@ def check_datasets(names: Sequence[str]) -> None:
             )
             raise DatasetNotFoundError(
                 f"dataset {name!r} is not on disk: missing {', '.join(map(repr, missing))}. "
-                f"{where}. Put the dataset there (for COCO 2017: <root>/coco/annotations/"
-                "instances_{train,val}2017.json and <root>/coco/{train,val}2017/), or set "
-                "DETECTRON2_DATASETS to the folder that holds coco/ before starting."
+                f"{where}. Put the dataset there ({layout}), or set DETECTRON2_DATASETS to the "
+                f"folder that holds {holds} before starting."
             )
 
 
@@ -681,8 +704,9 @@ class ResumableTrainer(DefaultTrainer):
 
 class Trainer(ResumableTrainer):
     """The detection trainer: :class:`ResumableTrainer` with COCO evaluation on faster-coco-eval
-    or pycocotools (``TEST.COCO_EVAL_IMPL``, :mod:`resnet_backbones.coco_eval`),
-    the built-in datasets and ``DATASETS.COCO_FORMAT`` registered, every dataset checked before
+    or pycocotools (``TEST.COCO_EVAL_IMPL``, :mod:`resnet_backbones.coco_eval`) and Pascal VOC
+    evaluation (:mod:`resnet_backbones.voc_eval`), the built-in datasets,
+    ``DATASETS.COCO_FORMAT`` and ``DATASETS.VOC_FORMAT`` registered, every dataset checked before
     training (:mod:`resnet_backbones.data.validate`) and read by the robust mapper, and the
     number of classes checked against the data (:func:`check_num_classes`).
 
@@ -699,9 +723,10 @@ class Trainer(ResumableTrainer):
                 "detection: 'WarmupMultiStepLR' or 'WarmupCosineLR'"
             )
         register_config_datasets(cfg)  # before DefaultTrainer builds the data loaders
-        if cfg.DATASETS.TEST:
-            # The evaluator is built at the first evaluation: a bad key would stop the run then.
-            self._coco_eval_impl(cfg)
+        # The evaluators are built at the first evaluation: a bad key, an evaluator type we do
+        # not evaluate or annotations the VOC evaluator cannot read would stop the run then.
+        for name in cfg.DATASETS.TEST:
+            self._check_evaluator(cfg, name)
         # Every dataset of the run checked before the first iteration: the test sets too, which
         # detectron2 would first read after training (validate.py; cached for the loaders).
         settings = ValidationSettings.from_config(cfg)
@@ -764,19 +789,20 @@ class Trainer(ResumableTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
-        """:class:`resnet_backbones.coco_eval.COCOEvaluator` of the boxes, on the implementation
-        ``TEST.COCO_EVAL_IMPL`` stands for.
+        """The evaluator of the dataset's ``evaluator_type``: for "coco",
+        :class:`resnet_backbones.coco_eval.COCOEvaluator` of the boxes, on the implementation
+        ``TEST.COCO_EVAL_IMPL`` stands for; for "pascal_voc",
+        :class:`resnet_backbones.voc_eval.VOCDetectionEvaluator` (detectron2's VOC evaluator,
+        with AP50 by both VOC metrics: ``AP50_voc07`` and ``AP50_area``).
 
         Raises:
-            ConfigError: the dataset is not COCO-evaluated, or ``TEST.COCO_EVAL_IMPL`` is not valid.
+            ConfigError: another evaluator type, or ``TEST.COCO_EVAL_IMPL`` is not valid.
             COCOEvalUnavailable: ``TEST.COCO_EVAL_IMPL`` is "faster_coco_eval", not installed.
+            DatasetFormatError: a VOC test set's annotations that the VOC evaluator cannot read.
         """
-        evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco")
-        if evaluator_type != "coco":
-            raise ConfigError(
-                f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; this trainer "
-                "evaluates box detection with COCOEvaluator only (valid: 'coco')"
-            )
+        evaluator_type = cls._check_evaluator(cfg, dataset_name)
+        if evaluator_type == "pascal_voc":
+            return VOCDetectionEvaluator(dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(
             dataset_name,
@@ -785,6 +811,24 @@ class Trainer(ResumableTrainer):
             output_dir=output_folder,
             impl=cls._coco_eval_impl(cfg),
         )
+
+    @classmethod
+    def _check_evaluator(cls, cfg: CfgNode, dataset_name: str) -> str:
+        """The ``evaluator_type`` of ``dataset_name`` (default "coco"), checked: one of
+        ``EVALUATOR_TYPES``, with a valid ``TEST.COCO_EVAL_IMPL`` for "coco" and annotations
+        the VOC evaluator reads for "pascal_voc" (:func:`check_voc_for_evaluation`)."""
+        evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco")
+        if evaluator_type not in EVALUATOR_TYPES:
+            raise ConfigError(
+                f"dataset {dataset_name!r} (in DATASETS.TEST) has evaluator_type "
+                f"{evaluator_type!r}, which this trainer does not evaluate; valid: "
+                f"{', '.join(map(repr, EVALUATOR_TYPES))}"
+            )
+        if evaluator_type == "coco":
+            cls._coco_eval_impl(cfg)
+        else:
+            check_voc_for_evaluation(dataset_name)
+        return evaluator_type
 
     @staticmethod
     def _coco_eval_impl(cfg: CfgNode) -> str:

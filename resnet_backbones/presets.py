@@ -189,7 +189,11 @@ _ROWS = [
         "detection",
         _r(DEPTH=101),
         _coco("R_101_C4", "R_101_DC5", "R_101_FPN")
-        + ("faster_rcnn_R101.yaml", "COCO-Detection/faster_rcnn_R_101_C4_resnet_paper.yaml"),
+        + ("faster_rcnn_R101.yaml", "COCO-Detection/faster_rcnn_R_101_C4_resnet_paper.yaml")
+        + (
+            "PascalVOC-Detection/faster_rcnn_R_101_C4_resnet_paper.yaml",
+            "PascalVOC-Detection/faster_rcnn_R_101_FPN.yaml",
+        ),
         "ResNet",
         archs=(_tv("resnet101"), _msra("R-101", stride_in_1x1=True)),
     ),

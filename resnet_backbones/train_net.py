@@ -6,10 +6,13 @@
     resnet-backbones-train --config CONFIG --resume          # continue after an interruption
     resnet-backbones-train --config CONFIG --dataset my_train train.json images/ \\
         DATASETS.TRAIN "('my_train',)"                        # your own COCO-format data
+    resnet-backbones-train --config CONFIG --voc-dataset my_voc data/VOC2007 trainval \\
+        --voc-classes circle,triangle DATASETS.TRAIN "('my_voc',)"  # a VOC-format folder
 
 It follows detectron2's ``tools/train_net.py``: DefaultTrainer, periodic checkpoints,
 COCOEvaluator (on faster-coco-eval where it is installed, else pycocotools:
-``TEST.COCO_EVAL_IMPL``, :mod:`resnet_backbones.coco_eval`). ``--config`` may be given more than
+``TEST.COCO_EVAL_IMPL``, :mod:`resnet_backbones.coco_eval`), and for Pascal VOC datasets
+detectron2's VOC evaluator with AP50 by both VOC metrics (:mod:`resnet_backbones.voc_eval`). ``--config`` may be given more than
 once: the files are merged in order, a later one winning; trailing ``KEY VALUE`` pairs override
 them all. A GPU config runs on the CPU, with a warning, where CUDA is missing.
 
@@ -46,6 +49,7 @@ from detectron2.utils.logger import setup_logger
 from .cli_errors import add_traceback_argument, report_user_error, traceback_wanted
 from .data import DatasetFormatError, DatasetNotFoundError, register_config_datasets
 from .data.coco_format import COCO_FORMAT_KEY, resolve_config_paths
+from .data.voc_format import VOC_FORMAT_KEY, resolve_voc_paths
 from .engine import (
     ConfigError,
     NumClassesError,
@@ -145,13 +149,20 @@ def setup_run(
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
-    """The config of this run (files, overrides, ``--dataset``), with its datasets registered
-    and checked."""
+    """The config of this run (files, overrides, ``--dataset``, ``--voc-dataset``), with its
+    datasets registered and checked."""
 
     def add_datasets(cfg: CfgNode) -> None:
         if args.dataset:
             cfg.DATASETS.COCO_FORMAT = list(cfg.DATASETS.COCO_FORMAT) + resolve_config_paths(
                 args.dataset, os.getcwd(), key="--dataset"
+            )
+        voc_datasets = getattr(args, "voc_dataset", [])
+        if voc_datasets:
+            classes = getattr(args, "voc_classes", [])
+            entries = [[*triple, *classes] for triple in voc_datasets]
+            cfg.DATASETS.VOC_FORMAT = list(cfg.DATASETS.VOC_FORMAT) + resolve_voc_paths(
+                entries, os.getcwd(), key="--voc-dataset"
             )
 
     return setup_run(args, register_config_datasets, before_freeze=add_datasets)
@@ -366,13 +377,46 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         f"{COCO_FORMAT_KEY}); relative paths are relative to the working directory",
     )
     parser.add_argument(
+        "--voc-dataset",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "DIR", "SPLIT"),
+        help=f"register a Pascal VOC-format folder as NAME, for DATASETS.TRAIN/TEST: DIR holds "
+        f"Annotations/, JPEGImages/ and ImageSets/Main/SPLIT.txt (repeatable; adds to "
+        f"{VOC_FORMAT_KEY}; evaluated with the VOC metrics); relative paths are relative to the "
+        "working directory",
+    )
+    parser.add_argument(
+        "--voc-classes",
+        type=_class_list,
+        default=[],
+        metavar="C1,C2,...",
+        help="the classes of the --voc-dataset folders, comma-separated, in the order of the "
+        "model's outputs (default: VOC's 20 classes)",
+    )
+    parser.add_argument(
         "--visualize",
         type=int,
         default=0,
         metavar="N",
         help="after evaluation, draw detections on the first N test images into OUTPUT_DIR/detections.png",
     )
-    return check_args(parser, parser.parse_args(argv))
+    args = check_args(parser, parser.parse_args(argv))
+    if args.voc_classes and not args.voc_dataset:
+        parser.error("--voc-classes names the classes of --voc-dataset folders, but none is given")
+    return args
+
+
+def _class_list(text: str) -> list[str]:
+    """``--voc-classes``: comma-separated class names, none empty."""
+    classes = [c.strip() for c in text.split(",")]
+    if not all(classes):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of class names; write them comma-separated, e.g. "
+            "circle,triangle,rectangle"
+        )
+    return classes
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

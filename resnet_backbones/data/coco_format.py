@@ -40,7 +40,9 @@ COCO_FORMAT_KEY = "DATASETS.COCO_FORMAT"
 HOW_TO_REGISTER = (
     "register it in COCO format with `--dataset NAME JSON_FILE IMAGE_ROOT` "
     "(resnet-backbones-train or tools/train_net.py, repeatable) or the config key "
-    "DATASETS.COCO_FORMAT: [[NAME, JSON_FILE, IMAGE_ROOT], ...]"
+    "DATASETS.COCO_FORMAT: [[NAME, JSON_FILE, IMAGE_ROOT], ...]; a Pascal VOC-format folder "
+    "with `--voc-dataset NAME DIR SPLIT` (and `--voc-classes C1,C2,...` where they are not "
+    "VOC's 20) or DATASETS.VOC_FORMAT: [[NAME, DIR, SPLIT, CLASS, ...], ...]"
 )
 _EXAMPLE = "['my_train', 'annotations/train.json', 'images/']"
 
