@@ -240,13 +240,26 @@ def test_plain_layers_are_the_3x3_layers_that_keep_their_shape():
     assert len(names) == 16 - 3 and all(n.endswith(".conv2") for n in names)
 
 
-def test_deleting_a_layer_of_a_plain_network_changes_its_output():
-    plain = _model(CIFAR, _resnets(DEPTH=8, SHORTCUT="none"))
+@pytest.mark.parametrize("order", BLOCK_ORDERS)
+def test_deleting_a_layer_of_a_plain_network_changes_its_output(order):
+    plain = _model(CIFAR, _resnets(DEPTH=8, SHORTCUT="none", BLOCK_ORDER=order))
     images = _images()
     with torch.no_grad():
         expected = plain.logits(images)
         for name, _ in plain_layers(plain):
-            assert not torch.allclose(delete_blocks(plain, [name]).logits(images), expected)
+            lesioned = delete_blocks(plain, [name])
+            assert not torch.allclose(lesioned.logits(images), expected)
+            # The layer's unit goes whole: the conv with its norm, and a norm of the unit held
+            # outside the conv ("preact": the norm before it; "bn_after_add": after the addition).
+            block_name, _, conv = name.rpartition(".")
+            parts = [name]
+            if order == "preact" and conv != "conv1":
+                parts.append(f"{block_name}.norm{conv[4:]}")
+            if order == "bn_after_add" and conv == "conv2":
+                parts.append(f"{block_name}.add_norm")
+            keys = set(plain.state_dict())
+            removed = keys - set(lesioned.state_dict())
+            assert removed == {k for k in keys if k.startswith(tuple(p + "." for p in parts))}
 
 
 @pytest.mark.parametrize("order", ["post", "bn_after_add", "relu_before_add"])
