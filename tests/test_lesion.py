@@ -365,3 +365,17 @@ def test_layer_responses_take_loader_batches_and_restore_the_mode():
         ValueError, match=r"statistic = 'max' is not valid; valid: \['channel', 'all'\]"
     ):
         LayerResponses(model).result("max")
+
+
+def test_a_deleted_res2net_split_of_a_plain_bottleneck_is_an_identity():
+    """Res2Net's split 3x3 is one layer; without it the block is 1x1, norm, ReLU, 1x1, norm,
+    ReLU."""
+    opts = _resnets(RES2NET_SCALE=4, RES2NET_WIDTH=2, NUM_GROUPS=1, WIDTH_PER_GROUP=64)
+    plain = _model("", TINY_50 + opts + _resnets(SHORTCUT="none"))
+    assert "res2.1.conv2" in dict(plain_layers(plain))
+    block = plain.get_submodule("res2.1")
+    x = torch.randn(2, block.in_channels, 8, 8).relu()
+    with torch.no_grad():
+        deleted = delete_blocks(plain, ["res2.1.conv2"]).get_submodule("res2.1")
+        assert torch.equal(deleted(x), F.relu(block.conv3(F.relu(block.conv1(x)))))
+        assert not torch.allclose(deleted(x), block(x))
