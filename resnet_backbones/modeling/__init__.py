@@ -7,7 +7,9 @@
 * :mod:`.spec`: the typed ResNet-family spec, :func:`resnet_spec`;
 * :mod:`.resnet`: :class:`ResNetFamily` and its builders; :mod:`.rexnet`: :class:`ReXNet` and
   its builders; :mod:`.roi_heads`: the C4 head; :mod:`.classifier`: pooled linear classifiers;
-* :mod:`.roi_align`: RoIAlign with a fast CPU backward, :func:`use_fast_cpu_roi_align`.
+* :mod:`.roi_align`: RoIAlign with a fast CPU backward, :func:`use_fast_cpu_roi_align`;
+* :mod:`.lesion`: the papers' analyses: block and layer deletion (:func:`delete_blocks`) and
+  the responses of the 3x3 layers (:func:`layer_responses`).
 
 Nothing here reads ``MODEL.RESNETS`` or ``MODEL.REXNET``: :mod:`resnet_backbones.config` turns a
 config into the typed arguments the registered builders pass on.
@@ -16,6 +18,16 @@ config into the typed arguments the registered builders pass on.
 from .base import FEATURE_NAMES, StagedBackbone, fpn, retinanet_fpn
 from .blocks import BLOCK_CLASSES, BasicBlock, BottleneckBlock, make_stage
 from .classifier import ImageClassifier, ResNetClassifier, build_classifier
+from .lesion import (
+    LayerResponses,
+    delete_blocks,
+    layer_responses,
+    plain_layers,
+    random_deletions,
+    residual_blocks,
+    response_layers,
+    shortcut_path,
+)
 from .ops import (
     AvgDownConv2d,
     DeformConv2d,
@@ -50,6 +62,7 @@ __all__ = [
     "BottleneckBlock",
     "DeformConv2d",
     "FastCPUROIAlign",
+    "LayerResponses",
     "ImageClassifier",
     "ReXNet",
     "Res2NetConv",
@@ -68,12 +81,19 @@ __all__ = [
     "build_resnet_family_backbone",
     "build_resnet_family_fpn_backbone",
     "build_resnet_family_retinanet_fpn_backbone",
+    "delete_blocks",
     "fpn",
+    "layer_responses",
     "make_divisible",
     "make_shortcut",
     "make_stage",
+    "plain_layers",
+    "random_deletions",
+    "residual_blocks",
     "resnet_spec",
+    "response_layers",
     "retinanet_fpn",
     "rexnet_blocks",
+    "shortcut_path",
     "use_fast_cpu_roi_align",
 ]
