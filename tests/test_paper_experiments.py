@@ -1,0 +1,215 @@
+"""The papers' experiments (tools/paper_experiments.py): each runs end to end in a tiny setting
+(networks of 8 layers, a few iterations, trained by tools/pretrain_net.py in subprocesses), its
+JSON holds every number its PNG shows, runs are shared between experiments and a changed config
+is refused, and docs/EXPERIMENTS.md is what the committed JSON files give."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_backbones import paper_experiments as pe
+from resnet_backbones.paper_experiments import (
+    draw,
+    error_curves,
+    main,
+    table,
+    verdicts,
+)
+
+
+# Tiny runs: 4 iterations of 16 images, evaluated after 2 and 4.
+def tiny(iterations: int = 4) -> list[str]:
+    return ["--quick", "--calibration-repeats", "0", "SOLVER.MAX_ITER", str(iterations),
+            "TEST.EVAL_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "16", "CLS.TEST_BATCH_SIZE", "128"]  # fmt: skip
+
+
+def _json(folder, experiment, dataset="digits"):
+    path = os.path.join(folder, f"{experiment}-{dataset}-quick.json")
+    with open(path) as f:
+        return json.load(f), path[: -len(".json")] + ".png"
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _check_png_is_drawn_from_json(experiment, data, png_path):
+    """The PNG on disk equals the figure drawn again from the JSON alone, and the figure's lines
+    and bars carry exactly the JSON's numbers."""
+    fig = draw(experiment, data)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
+    with open(png_path, "rb") as f:
+        assert np.array_equal(_pixels(f.read()), _pixels(buffer.getvalue()))
+    return fig
+
+
+def _line_data(ax):
+    return [(list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """degradation at 8 layers (plain-8 and resnet-8), whose runs the later experiments reuse."""
+    out = tmp_path_factory.mktemp("paper")
+    assert main(["degradation", "--output", str(out), "--depths", "8", *tiny()]) == 0
+    return out
+
+
+def test_error_curves_pair_each_evaluation_with_the_training_error_logged_with_it(tmp_path):
+    lines = [{"iteration": 19, "train_error": 50.0}, {"iteration": 19, "classification/top1": 40.0},
+             {"iteration": 39, "train_error": 30.0}, {"iteration": 40, "classification/top1": 75.5},
+             {"iteration": 59, "train_error": 20.0}]  # fmt: skip
+    path = tmp_path / "metrics.json"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    curves = error_curves(str(path), 40)
+    # After 20 iterations, and the final evaluation after the 40th (logged as iteration 40).
+    assert curves == {
+        "iterations": [20, 40],
+        "train_error": [50.0, 30.0],
+        "test_error": [60.0, 24.5],
+    }
+
+
+def test_degradation_end_to_end(trained):
+    data, png = _json(trained, "degradation")
+    assert set(data["runs"]) == {"plain-8", "resnet-8"}
+    for run in data["runs"].values():
+        assert run["iterations"] == [2, 4]
+        assert len(run["train_error"]) == len(run["test_error"]) == 2
+        assert all(0 <= e <= 100 for e in run["train_error"] + run["test_error"])
+    # The test errors are the runs' own evaluations.
+    final = json.loads((trained / "runs/digits-quick/resnet-8/eval_results.json").read_text())
+    assert data["runs"]["resnet-8"]["test_error"][-1] == pytest.approx(100 - final["top1"])
+    meta = data["meta"]
+    assert meta["solver"]["iterations"] == 4 and meta["solver"]["batch"] == 16
+    assert meta["command"].startswith("python tools/paper_experiments.py degradation")
+    for name, config in meta["configs"].items():
+        text = (trained / config).read_text()
+        assert "SHORTCUT: none" in text if name.startswith("plain") else "SHORTCUT: A" in text
+    fig = _check_png_is_drawn_from_json("degradation", data, png)
+    plain_ax, res_ax = fig.axes[:2]
+    run = data["runs"]["plain-8"]
+    assert _line_data(plain_ax) == [(run["iterations"], run["train_error"]),
+                                    (run["iterations"], run["test_error"])]  # fmt: skip
+    run = data["runs"]["resnet-8"]
+    assert _line_data(res_ax)[1] == (run["iterations"], run["test_error"])
+    assert "| plain-8 |" in table("degradation", data)
+
+
+def test_a_finished_run_with_another_config_is_refused(trained, capsys):
+    before = (trained / "runs/digits-quick/plain-8/model_final.json").stat().st_mtime
+    argv = ["degradation", "--output", str(trained), "--depths", "8", *tiny()]
+    code = main([*argv[:-8], "SOLVER.MAX_ITER", "6", *argv[-6:]])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "run 'plain-8'" in err and "SOLVER.MAX_ITER: 4 -> 6" in err
+    assert (trained / "runs/digits-quick/plain-8/model_final.json").stat().st_mtime == before
+
+
+def test_bad_command_lines_name_the_valid_values(capsys):
+    with pytest.raises(SystemExit):
+        pe.parse_args(["shortcuts", "--dataset", "digits"])
+    assert "runs on shapes_cls or imagenet, not --dataset digits" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pe.parse_args(["degradation", "SEED"])
+    assert "come in pairs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pe.parse_args(["degradations"])
+    assert "invalid choice: 'degradations'" in capsys.readouterr().err
+
+
+def test_verdicts_follow_the_numbers():
+    def runs(plain20, plain56, res20, res56):
+        def curve(e):
+            return {"iterations": [10], "train_error": [e], "test_error": [e + 1]}
+
+        return {"runs": {"plain-20": curve(plain20), "plain-56": curve(plain56),
+                         "resnet-20": curve(res20), "resnet-56": curve(res56)}}  # fmt: skip
+
+    agree = verdicts("degradation", runs(5, 10, 4, 3))
+    assert all("**agrees**" in v for v in agree)
+    disagree = verdicts("degradation", runs(10, 5, 4, 6))
+    assert "**does not agree**" in disagree[0] and "**does not agree**" in disagree[1]
+
+
+def test_responses_reuse_the_trained_networks_and_plot_their_numbers(trained, capsys):
+    assert main(["responses", "--output", str(trained), "--depths", "8", *tiny()]) == 0
+    assert "Training" not in capsys.readouterr().out  # degradation's runs, reused
+    data, png = _json(trained, "responses")
+    assert set(data["runs"]) == {"plain-8", "resnet-8"}
+    # The stem's 3x3 conv and two per block: 1 + 2 x 3.
+    assert all(len(stds) == 7 and min(stds) > 0 for stds in data["runs"].values())
+    fig = _check_png_is_drawn_from_json("responses", data, png)
+    top, bottom = fig.axes[:2]
+    for (x, y), stds in zip(_line_data(top), data["runs"].values()):
+        assert x == list(range(1, 8)) and y == stds
+    for (_, y), stds in zip(_line_data(bottom), data["runs"].values()):
+        assert y == sorted(stds, reverse=True)
+
+
+def test_lesion_on_the_trained_networks(trained):
+    assert main(["lesion", "--output", str(trained), "--depths", "8", "--draws", "3", *tiny()]) == 0
+    data, png = _json(trained, "lesion")
+    degradation, _ = _json(trained, "degradation")
+    res, plain = data["resnet-8"], data["plain-8"]
+    assert res["deleted"] == ["res2.0", "res3.0", "res4.0"]
+    # The four 3x3 convs whose input and output shapes are equal (not res3/res4's first).
+    assert plain["deleted"] == ["res2.0.conv1", "res2.0.conv2", "res3.0.conv2", "res4.0.conv2"]
+    for name, run in (("resnet-8", res), ("plain-8", plain)):
+        # The intact network's error is the one its training run measured on the same set.
+        assert run["baseline_error"] == pytest.approx(
+            degradation["runs"][name]["test_error"][-1], abs=1e-6
+        )
+        assert len(run["single"]) == len(run["deleted"])
+        assert run["k"] == list(range(1, len(run["deleted"]) // 2 + 1))
+        assert [len(d) for d in run["draws"]] == [3] * len(run["k"])
+        assert run["error_vs_k"] == [pytest.approx(sum(d) / 3) for d in run["draws"]]
+    fig = _check_png_is_drawn_from_json("lesion", data, png)
+    left, right = fig.axes[:2]
+    lines = _line_data(left)
+    assert lines[0] == (list(range(1, 4)), res["single"])
+    assert lines[1][1] == [res["baseline_error"]] * 2  # the dotted intact line
+    assert _line_data(right)[0] == (res["k"], res["error_vs_k"])
+
+
+def test_block_orders_end_to_end(trained):
+    assert main(["block_orders", "--output", str(trained), "--depths", "8", *tiny()]) == 0
+    data, png = _json(trained, "block_orders")
+    assert list(data["runs"]) == list(pe.ORDER_LABELS)
+    for order, run in data["runs"].items():
+        config = (trained / data["meta"]["configs"][run["network"]]).read_text()
+        assert f"BLOCK_ORDER: {order}" in config
+        final = json.loads(
+            (trained / f"runs/digits-quick/{run['network']}/eval_results.json").read_text()
+        )
+        assert run["test_error"] == pytest.approx(100 - final["top1"])
+        assert run["paper_error"] == pe.PAPER["block_orders"][order]
+    fig = _check_png_is_drawn_from_json("block_orders", data, png)
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    ours = [r["test_error"] for r in data["runs"].values()]
+    assert heights == ours + [r["paper_error"] for r in data["runs"].values()]
+
+
+def test_shortcuts_end_to_end(tmp_path):
+    argv = ["shortcuts", "--dataset", "shapes_cls", "--output", str(tmp_path), *tiny(2)]
+    assert main(argv) == 0
+    data, png = _json(tmp_path, "shortcuts", "shapes_cls")
+    assert list(data["runs"]) == ["plain", "A", "B", "C"]
+    for kind, run in data["runs"].items():
+        config = (tmp_path / data["meta"]["configs"][run["network"]]).read_text()
+        assert f"SHORTCUT: {'none' if kind == 'plain' else kind}" in config
+        assert "DEPTH: 18" in config
+        final = json.loads(
+            (tmp_path / f"runs/shapes_cls-quick/{run['network']}/eval_results.json").read_text()
+        )
+        assert run["top1_error"] == pytest.approx(100 - final["top1"])
+    fig = _check_png_is_drawn_from_json("shortcuts", data, png)
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights[:4] == [r["top1_error"] for r in data["runs"].values()]
