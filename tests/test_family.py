@@ -141,6 +141,17 @@ def test_each_block_order_is_the_papers_formula(order):
 
 
 @pytest.mark.parametrize("order", BLOCK_ORDERS)
+def test_each_block_order_has_the_formulas_gradients(order):
+    # The in-place ReLU and addition of a block must leave autograd what it reads: (c)'s
+    # addition once modified its ReLU's output, so that the first backward step failed.
+    block = _basic(order)
+    x = torch.randn(2, 8, 9, 11, requires_grad=True)
+    (grad,) = torch.autograd.grad(block(x).square().sum(), x)
+    (expected,) = torch.autograd.grad(_formula(order, block, x).square().sum(), x)
+    assert torch.allclose(grad, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", BLOCK_ORDERS)
 def test_norm_placement_of_each_order(order):
     block = _basic(order)
     conv_norms = [getattr(block, f"conv{i}").norm for i in (1, 2)]

@@ -173,10 +173,15 @@ class _ResidualBlock(CNNBlockBase):
             out = self.se(out)
         if self.has_shortcut:
             if self.shortcut is None:
-                out += x
+                shortcut = x
             else:
                 preactivated = self.order in ("relu_preact", "preact")
-                out += self.shortcut(x_act if preactivated else x)
+                shortcut = self.shortcut(x_act if preactivated else x)
+            if self.order == "relu_before_add" and self.se is None:
+                # out is the output of a ReLU, whose backward reads it: add out of place.
+                out = out + shortcut
+            else:
+                out += shortcut
         if self.order == "post":
             out = F.relu_(out)
         elif self.order == "bn_after_add":
