@@ -66,7 +66,13 @@ EXPERIMENTS = ("degradation", "responses", "lesion", "block_orders", "shortcuts"
 # The papers' numbers the figures and tables stand beside (percent error).
 PAPER: dict[str, Any] = {
     # The ResNet paper, Table 6 (CIFAR-10 test error, option A; ResNet-110: best of 5 runs).
-    "degradation": {"resnet-20": 8.75, "resnet-32": 7.51, "resnet-44": 7.17, "resnet-56": 6.97},
+    "degradation": {
+        "resnet-20": 8.75,
+        "resnet-32": 7.51,
+        "resnet-44": 7.17,
+        "resnet-56": 6.97,
+        "resnet-110": 6.43,
+    },  # fmt: skip
     # The identity-mapping paper, Table 2: ResNet-110 on CIFAR-10, test error.
     "block_orders": {
         "post": 6.61,
@@ -219,8 +225,11 @@ class Network:
 
 
 def cifar_network(depth: int, shortcut: str = "A", order: str = "post") -> Network:
-    """Plain (``shortcut="none"``) or residual CIFAR network of ``depth`` layers."""
+    """Plain (``shortcut="none"``) or residual CIFAR network of ``depth`` layers; the run name
+    says the shortcut where it is not option A, and the order where it is not "post"."""
     name = f"plain-{depth}" if shortcut == "none" else f"resnet-{depth}"
+    if shortcut not in ("A", "none"):
+        name += f"-{shortcut}"
     if order != "post":
         name += f"-{order}"
     opts = ("MODEL.RESNETS.DEPTH", depth, "MODEL.RESNETS.SHORTCUT", shortcut,
@@ -241,9 +250,12 @@ def networks(experiment: str, depths: Sequence[int]) -> list[Network]:
         plain = [cifar_network(d, "none") for d in depths if d < 110]  # as the paper's Fig. 7
         return plain + [cifar_network(d, "A") for d in depths]
     if experiment == "lesion":
-        return [cifar_network(depths[0], "A"), cifar_network(depths[0], "none")]
+        # The plain network of Veit et al.'s comparison is at most 56 layers (degradation's).
+        return [cifar_network(depths[0], "A"), cifar_network(min(depths[0], 56), "none")]
     if experiment == "block_orders":
-        return [cifar_network(depths[0], "A", order) for order in ORDER_LABELS]
+        # Projection (B) shortcuts where dimensions grow: option A is not defined with the
+        # pre-activation order (modeling/spec.py refuses it), and one shortcut serves all five.
+        return [cifar_network(depths[0], "B", order) for order in ORDER_LABELS]
     if experiment == "shortcuts":
         return [imagenet_network(depths[0], s) for s in ("none", "A", "B", "C")]
     raise ValueError(f"unknown experiment {experiment!r}; valid: {', '.join(EXPERIMENTS)}")
@@ -269,7 +281,7 @@ class Experiment:
         """The full config of ``network``'s run (loaded and checked as the trainer loads it):
         the dataset's base config, the network, the schedule, seed 0 (every network of an
         experiment starts from the same seed), the CPU where CUDA is missing, a checkpoint every
-        quarter of the run; then the command line's ``KEY VALUE`` overrides."""
+        quarter of the run (or as often as the base config says, if that is more often); then the command line's ``KEY VALUE`` overrides."""
         import torch
 
         from .engine import load_config
@@ -287,7 +299,8 @@ class Experiment:
         opts = [v if isinstance(v, str) else repr(v) for v in opts]
         cfg = load_config(os.path.join(REPO, self.dataset.base_config), opts + self.args.opts)
         if "SOLVER.CHECKPOINT_PERIOD" not in self.args.opts[::2]:
-            cfg.SOLVER.CHECKPOINT_PERIOD = max(1, cfg.SOLVER.MAX_ITER // 4)
+            period = max(1, cfg.SOLVER.MAX_ITER // 4)
+            cfg.SOLVER.CHECKPOINT_PERIOD = min(cfg.SOLVER.CHECKPOINT_PERIOD, period)
         return cfg
 
     def run_dir(self, network: Network) -> str:
@@ -298,11 +311,13 @@ class Experiment:
 
     def train(self, nets: Sequence[Network]) -> dict[str, Any]:
         """Trains the networks not trained yet (``--jobs`` at a time); returns their configs by
-        name. A finished run whose config differs from the one asked for is refused, naming the
-        keys: its results would not be this experiment's.
+        name. A run that has a checkpoint (finished or not) and was trained with another config
+        (its own ``OUTPUT_DIR/config.yaml``) is refused, naming the keys: its results would not
+        be this experiment's. ``OUTPUT_DIR``, ``MODEL.DEVICE`` and keys only one of the two
+        configs has (a newer version's) are not compared.
 
         Raises:
-            ValueError: a finished run was trained with another config.
+            ValueError: a run was trained with another config.
         """
         configs, todo = {}, []
         for net in nets:
@@ -310,15 +325,18 @@ class Experiment:
             configs[net.name] = cfg
             text = cfg.dump()
             path = self.config_path(net)
-            finished = os.path.isfile(os.path.join(self.run_dir(net), "model_final.json"))
-            if finished and os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    old = f.read()
-                if old != text:
+            run_dir = self.run_dir(net)
+            finished = os.path.isfile(os.path.join(run_dir, "model_final.json"))
+            saved = os.path.join(run_dir, "config.yaml")
+            started = finished or os.path.isfile(os.path.join(run_dir, "last_checkpoint"))
+            if started and os.path.isfile(saved):
+                with open(saved, encoding="utf-8") as f:
+                    difference = _config_difference(f.read(), text)
+                if difference:
                     raise ValueError(
-                        f"run {net.name!r} in {self.run_dir(net)} was trained with another config "
-                        f"({_config_difference(old, text)}); use another --workdir, or delete "
-                        "that run to train it again"
+                        f"run {net.name!r} in {run_dir} was trained with another config "
+                        f"({difference}); use another --workdir, or delete that run to train it "
+                        "again"
                     )
             write_text(path, text)
             if not finished:
@@ -356,7 +374,8 @@ class Experiment:
                 "base_lr": float(first.SOLVER.BASE_LR),
                 "lr_scheduler": first.SOLVER.LR_SCHEDULER_NAME,
                 "steps": list(first.SOLVER.STEPS),
-                "warmup_iters": int(first.SOLVER.WARMUP_ITERS),
+                # Per run: the paper warms up ResNet-110 (and deeper) only.
+                "warmup_iters": {n: int(c.SOLVER.WARMUP_ITERS) for n, c in configs.items()},
                 "eval_period": int(first.TEST.EVAL_PERIOD),
             },
             "depths": self.depths,
@@ -383,6 +402,8 @@ def _default_jobs(runs: int, configs: dict[str, Any]) -> int:
 
 
 def _config_difference(old: str, new: str) -> str:
+    """The keys whose values differ between two dumped configs (``"KEY: old -> new"``; the first
+    three), or "" where none does."""
     import yaml
 
     def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -394,7 +415,10 @@ def _config_difference(old: str, new: str) -> str:
         return out
 
     a, b = flat(yaml.safe_load(old)), flat(yaml.safe_load(new))
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    ignored = {"OUTPUT_DIR", "MODEL.DEVICE"}
+    keys = sorted(k for k in set(a) & set(b) if k not in ignored and a[k] != b[k])
+    if not keys:
+        return ""
     shown = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:3]]
     return "; ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
@@ -458,6 +482,25 @@ def load_trained(cfg, run_dir: str):
     return model, batches
 
 
+class EvaluationCache:
+    """Results of a run's analyses, kept in ``OUTPUT_DIR/<name>.json`` beside the checkpoint
+    they were computed from (its SHA-256 recorded: another checkpoint starts a new cache), so
+    that an interrupted analysis goes on where it stopped. Written after every new result."""
+
+    def __init__(self, run_dir: str, name: str):
+        self.path = os.path.join(run_dir, f"{name}.json")
+        final = read_json(os.path.join(run_dir, "model_final.json")) or {}
+        self.sha = final.get("sha256", "")
+        cached = read_json(self.path) or {}
+        self.results = cached.get("results", {}) if cached.get("sha256") == self.sha else {}
+
+    def get(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self.results:
+            self.results[key] = compute()
+            write_text(self.path, json.dumps({"sha256": self.sha, "results": self.results}))
+        return self.results[key]
+
+
 def test_error(model, batches: Sequence[list]) -> float:
     """Top-1 error (percent) of ``model`` on the mapped test batches."""
     import torch
@@ -494,8 +537,12 @@ def run_responses(exp: Experiment) -> dict[str, Any]:
     configs = exp.train(nets)
     runs = {}
     for n in nets:
-        model, batches = load_trained(configs[n.name], exp.run_dir(n))
-        runs[n.name] = [float(std) for _, std in layer_responses(model, batches)]
+
+        def responses(n=n) -> list[float]:
+            model, batches = load_trained(configs[n.name], exp.run_dir(n))
+            return [float(std) for _, std in layer_responses(model, batches)]
+
+        runs[n.name] = EvaluationCache(exp.run_dir(n), "responses").get("channel", responses)
         print(f"  {n.name}: {len(runs[n.name])} layers", flush=True)
     return {"runs": runs}, configs
 
@@ -510,15 +557,23 @@ def run_lesion(exp: Experiment) -> dict[str, Any]:
         model, batches = load_trained(configs[n.name], exp.run_dir(n))
         units = residual_blocks(model) if n.name.startswith("resnet") else plain_layers(model)
         names = [name for name, _ in units]
-        baseline = test_error(model, batches)
+        if not names:
+            raise ValueError(f"{n.name} has nothing to delete")
+        cache = EvaluationCache(exp.run_dir(n), "lesion")
+
+        def error(deleted: Sequence[str], model=model, batches=batches, cache=cache) -> float:
+            key = " ".join(deleted) or "(none)"
+            return cache.get(key, lambda: test_error(delete_blocks(model, deleted), batches))
+
+        baseline = error([])
         print(f"  {n.name}: baseline error {baseline:.2f}%, deleting each of {len(names)} "
               f"{'blocks' if n.name.startswith('resnet') else 'layers'}", flush=True)  # fmt: skip
-        single = [test_error(delete_blocks(model, [name]), batches) for name in names]
-        ks = list(range(1, len(names) // 2 + 1))
+        single = [error([name]) for name in names]
+        ks = list(range(1, max(1, len(names) // 2) + 1))
         per_k = []
         for k in ks:
             draws = random_deletions(names, k, exp.args.draws, seed=k)
-            per_k.append([test_error(delete_blocks(model, d), batches) for d in draws])
+            per_k.append([error(d) for d in draws])
         out[n.name] = {
             "baseline_error": baseline,
             "deleted": names,
@@ -919,14 +974,20 @@ SECTION_TITLES = {
 def _describe(meta: dict) -> list[str]:
     s = meta["solver"]
     steps = ", ".join(str(x) for x in s["steps"]) or "none"
+    warmups = s["warmup_iters"]
+    if isinstance(warmups, int):  # one for every run (the first JSON files)
+        warmups = {n: warmups for n in meta["configs"]}
+    if len(set(warmups.values())) == 1:
+        warmup = f"warm-up {next(iter(warmups.values()))} iterations"
+    else:
+        warmup = "warm-up " + ", ".join(f"{n}: {w}" for n, w in warmups.items())
     cal = meta.get("calibration_s") or {}
     train = [v for v in (meta.get("train_wall_s") or {}).values() if v]
     return [
         f"- **Data:** `{meta['train_dataset']}` for training, `{meta['test_dataset']}` as the test "
         "set.",
         f"- **Schedule ({meta['schedule']}):** {s['iterations']} iterations of batch {s['batch']}, "
-        f"LR {s['base_lr']} ({s['lr_scheduler']}, steps {steps}, warm-up {s['warmup_iters']} "
-        f"iterations), evaluated every {s['eval_period']}; networks of {meta['depths']} layers.",
+        f"LR {s['base_lr']} ({s['lr_scheduler']}, steps {steps}, {warmup}), evaluated every {s['eval_period']}; networks of {meta['depths']} layers.",
         f"- **Command:** `{meta['command']}` ({meta['date']}, {meta['device']}, "
         f"{meta['cpus']} CPUs). Configs: `{os.path.dirname(next(iter(meta['configs'].values())))}/`.",
         f"- **Wall time:** {format_seconds(meta['wall_s'])} for this command"
@@ -1053,21 +1114,37 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              f"not --dataset {args.dataset}")  # fmt: skip
         if args.quick and args.dataset == "imagenet":
             parser.error("--dataset imagenet has the paper's schedule only (no --quick)")
+        # --depths: CIFAR depths (6n+2) for the CIFAR networks, ImageNet ones for shortcuts
+        # (with 'all', --depths is the CIFAR experiments' and shortcuts keeps its own).
+        from .modeling.spec import DEPTHS as IMAGENET_DEPTHS
+
+        imagenet = args.experiment == "shortcuts"
+        for depth in args.depths or []:
+            ok = depth in IMAGENET_DEPTHS if imagenet else depth >= 8 and depth % 6 == 2
+            if not ok:
+                valid = sorted(IMAGENET_DEPTHS) if imagenet else "6n+2: 8, 14, 20, 32, 44, 56, 110"
+                parser.error(
+                    f"--depths {depth} is not a depth of {args.experiment}; valid: {valid}"
+                )
+        single = args.experiment in ("lesion", "block_orders", "shortcuts")
+        if single and args.depths and len(args.depths) > 1:
+            parser.error(f"{args.experiment} takes one depth; got --depths {args.depths}")
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command (see the module doc): 0, or 1 after a one-line error."""
     args = parse_args(argv)
-    if args.experiment == "page":
-        path = write_page(args.output, args.page)
-        print(f"Wrote {path}")
-        return 0
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     try:
+        if args.experiment == "page":
+            print(f"Wrote {write_page(args.output, args.page)}")
+            return 0
         for name in names:
             run_args = args
-            if args.experiment == "all" and name == "shortcuts" and args.dataset != "imagenet":
-                run_args = argparse.Namespace(**{**vars(args), "dataset": "shapes_cls"})
+            if args.experiment == "all" and name == "shortcuts":
+                dataset = "imagenet" if args.dataset == "imagenet" else "shapes_cls"
+                run_args = argparse.Namespace(**{**vars(args), "dataset": dataset, "depths": None})
             run_experiment(name, run_args)
     except (RunError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

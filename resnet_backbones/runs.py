@@ -167,8 +167,10 @@ def run_parallel(runs: Sequence[Run], jobs: int) -> None:
     second so far). Sets each run's ``wall_s``.
 
     Raises:
-        RunError: a run failed; the ones still running are stopped (SIGTERM: a resumable run
-            saves nothing it had not saved, and ``--resume`` goes on from its last checkpoint).
+        RunError: a run failed (the first failure named). No run starts after it, and the ones
+            running then are left to finish, so that no work is lost; they are stopped (SIGTERM)
+            only when this process is interrupted, and ``--resume`` goes on from their last
+            checkpoint.
     """
     pending = list(runs)
     total = sum(r.cost for r in runs) or 1.0
@@ -176,10 +178,11 @@ def run_parallel(runs: Sequence[Run], jobs: int) -> None:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(_threads_per_job(jobs)))
     running: dict[str, tuple[Run, subprocess.Popen, float]] = {}
+    failures: list[str] = []
     start = time.time()
     try:
-        while pending or running:
-            while pending and len(running) < max(1, jobs):
+        while (pending and not failures) or running:
+            while pending and not failures and len(running) < max(1, jobs):
                 run = pending.pop(0)
                 os.makedirs(run.out_dir, exist_ok=True)
                 print(f"[start] {run.name}   (log: {run.log})", flush=True)
@@ -191,10 +194,13 @@ def run_parallel(runs: Sequence[Run], jobs: int) -> None:
                     continue
                 del running[name]
                 if status:
-                    raise RunError(
+                    failures.append(
                         f"run {name!r} exited with status {status}; see {run.log} "
                         f"(command: {' '.join(run.command)})"
                     )
+                    if running:
+                        print(f"[failed] {name}; letting {', '.join(running)} finish", flush=True)
+                    continue
                 run.wall_s = time.time() - started
                 _record_wall_time(run.out_dir, run.wall_s)
                 done_cost += run.cost
@@ -206,6 +212,8 @@ def run_parallel(runs: Sequence[Run], jobs: int) -> None:
                     f"ETA {format_seconds(eta) if pending or running else '0 s'}",
                     flush=True,
                 )
+        if failures:
+            raise RunError("; ".join(failures))
     finally:
         for _, process, _ in running.values():
             process.send_signal(signal.SIGTERM)

@@ -115,8 +115,10 @@ class VOCDetectionEvaluator(PascalVOCDetectionEvaluator):
             "AP50_voc07": mean(ap50[True]),
             "AP50_area": mean(ap50[False]),
         }
-        for class_name, value in zip(self._class_names, aps[50]):
-            bbox[f"AP50-{class_name}"] = float(value)
+        # A class without ground truth has no AP (not even NaN: metrics.json is strict JSON).
+        for class_name, value, has in zip(self._class_names, aps[50], counted):
+            if has:
+                bbox[f"AP50-{class_name}"] = float(value)
         return OrderedDict(bbox=bbox)
 
     def _has_ground_truth(self) -> list[bool]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -15,17 +16,21 @@ from PIL import Image
 
 from resnet_backbones import paper_experiments as pe
 from resnet_backbones.paper_experiments import (
+    EXPERIMENTS,
     draw,
     error_curves,
     main,
+    render_page,
     table,
     verdicts,
 )
+from resnet_backbones.runs import REPO
 
 
 # Tiny runs: 4 iterations of 16 images, evaluated after 2 and 4.
 def tiny(iterations: int = 4) -> list[str]:
-    return ["--quick", "--calibration-repeats", "0", "SOLVER.MAX_ITER", str(iterations),
+    # One run at a time: pytest's workers share the CPUs already.
+    return ["--quick", "--jobs", "1", "--calibration-repeats", "0", "SOLVER.MAX_ITER", str(iterations),
             "TEST.EVAL_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "16", "CLS.TEST_BATCH_SIZE", "128"]  # fmt: skip
 
 
@@ -123,6 +128,22 @@ def test_bad_command_lines_name_the_valid_values(capsys):
     with pytest.raises(SystemExit):
         pe.parse_args(["degradations"])
     assert "invalid choice: 'degradations'" in capsys.readouterr().err
+
+
+def test_the_experiments_page_is_not_stale():
+    """docs/EXPERIMENTS.md is what `paper_experiments.py page` writes from docs/experiments/,
+    every figure it links is there, and every experiment has its section."""
+    folder = os.path.join(REPO, "docs", "experiments")
+    page = os.path.join(REPO, "docs", "EXPERIMENTS.md")
+    with open(page, encoding="utf-8") as f:
+        text = f.read()
+    assert text == render_page(folder, page), (
+        "docs/EXPERIMENTS.md is stale: run `python tools/paper_experiments.py page "
+        "--output docs/experiments --page docs/EXPERIMENTS.md`"
+    )
+    links = re.findall(r"!\[(\w+)\]\(([^)]+)\)", text)
+    assert sorted({name for name, _ in links}) == sorted(EXPERIMENTS)
+    assert all(os.path.isfile(os.path.join(REPO, "docs", link)) for _, link in links)
 
 
 def test_verdicts_follow_the_numbers():

@@ -315,6 +315,14 @@ def check_voc_for_evaluation(name: str) -> None:
                     f"line {number} is blank; detectron2's VOC evaluator reads every line as an "
                     "image id, so remove it",
                 )
+            if len(line.split()) > 1:
+                raise _fail(
+                    name,
+                    split_file,
+                    f"line {number} ({line.strip()!r}) has more than an image id (a class's "
+                    "split file, '<id> 1'?); detectron2's VOC evaluator reads the whole line as "
+                    "the id: use a split file of ids alone (ImageSets/Main/<split>.txt)",
+                )
 
 
 class _VOCLoader:
