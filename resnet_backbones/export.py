@@ -10,7 +10,9 @@ The pipeline, in order (each step a function that can be tested without the step
 
    * a backbone to TorchScript by ``torch.jit.script`` (the blocks, stems and
      :class:`~resnet_backbones.modeling.StagedBackbone` have a scriptable path: TorchScript cannot
-     look modules up by name, which their eager forward does for speed); to ONNX by the
+     look modules up by name, which their eager forward does for speed); detectron2's FPN cannot
+     be scripted (its convs are in Python lists), so on an FPN our network is scripted and the
+     FPN traced around it (:func:`_script_backbone`); to ONNX by the
      TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``), with a dynamic batch,
      height and width;
    * a detector (Faster R-CNN, C4 or FPN) through detectron2's ``TracingAdapter`` (its inputs and
@@ -267,7 +269,8 @@ def export_backbone(
 ) -> str:
     """Writes ``backbone`` (in eval mode) to ``path`` in format ``fmt``; returns ``path``.
 
-    TorchScript: ``torch.jit.script`` (any input size, any batch). ONNX: exported on ``sample``
+    TorchScript: ``torch.jit.script`` (any input size, any batch; an FPN's top-down part
+    traced, see :func:`_script_backbone`). ONNX: exported on ``sample``
     with dynamic batch, height and width; the input is named "image", the outputs by their
     feature names ("res2" ... or "p2" ...).
 
@@ -290,7 +293,7 @@ def export_backbone(
     with _quiet():
         if fmt == "torchscript":
             try:
-                scripted = torch.jit.script(backbone)
+                scripted = _script_backbone(backbone, sample)
             except (RuntimeError, torch.jit.frontend.FrontendError) as e:
                 raise _export_error(name, "TorchScript", e) from e
             scripted.save(path)
@@ -311,6 +314,24 @@ def export_backbone(
         except (RuntimeError, torch.onnx.errors.OnnxExporterError) as e:
             raise _export_error(name, f"ONNX (opset {opset})", e) from e
     return path
+
+
+def _script_backbone(backbone: nn.Module, sample: torch.Tensor) -> torch.jit.ScriptModule:
+    """``torch.jit.script(backbone)``; for detectron2's FPN, which keeps its convs in Python
+    lists that TorchScript cannot type, its bottom-up network (ours) is scripted and the FPN
+    traced around it on ``sample``: the FPN's own control flow is fixed by its config, and the
+    scripted bottom-up stays a call to the script module in the traced graph."""
+    from detectron2.modeling import FPN
+
+    if not isinstance(backbone, FPN):
+        return torch.jit.script(backbone)
+    bottom_up = backbone.bottom_up
+    try:
+        backbone.bottom_up = torch.jit.script(bottom_up)
+        with torch.no_grad():
+            return torch.jit.trace(backbone, sample, strict=False, check_trace=False)
+    finally:
+        backbone.bottom_up = bottom_up
 
 
 def tracing_adapter(model: nn.Module, inputs: list[dict[str, Any]]) -> nn.Module:

@@ -179,6 +179,33 @@ def test_faster_rcnn_exports_with_the_same_detections(form, fmt, tmp_path):
         detector_parity(model, path, fmt, inputs)
 
 
+def test_model_weights_are_loaded_into_the_export(tmp_path):
+    """export_model loads MODEL.WEIGHTS as the trainer does: the file (the quickstart's R-18 with
+    its FPN) computes the features of the checkpoint's backbone, not of a fresh random one."""
+    from detectron2.modeling import build_model
+
+    from resnet_backbones.engine import load_config
+    from resnet_backbones.export import export_model
+
+    cfg = load_config(QUICKSTART, ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(1)
+    trained = build_model(cfg).eval()
+    randomize_norm_statistics(trained)
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": trained.state_dict()}, weights)
+    cfg.MODEL.WEIGHTS = str(weights)
+    out = str(tmp_path / "fpn.ts")
+    torch.manual_seed(2)  # a fresh build would draw other weights
+    parity = export_model(cfg, out, "torchscript", size=(64, 64))
+    assert max(parity.max_rel.values()) <= FEATURE_RTOL
+    # Another batch and size: the FPN is traced around the scripted R-18, not fixed to 64x64.
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        expected, actual = trained.backbone(x), torch.jit.load(out)(x)
+    for name, feature in expected.items():
+        assert torch.allclose(actual[name], feature, rtol=0, atol=1e-5), name
+
+
 # ------------------------------------------------------------------------------------------
 # The command line
 # ------------------------------------------------------------------------------------------
@@ -212,3 +239,26 @@ def test_export_command_errors_are_one_line(tmp_path, capsys):
     assert status == 2
     assert len(err.strip().splitlines()) == 1
     assert "resnet-backbones export: error:" in err and "DEPTH" in err
+
+
+def test_benchmark_script_writes_the_table_rows(tmp_path):
+    """tools/benchmark_export.py --quick (an R-50 here, to build fast): one row per exported
+    form, each checked against eager, in make benchmark's row format."""
+    import json
+
+    from .helpers import load_tool
+
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "export.json"
+    assert load_tool("benchmark_export").main(["--quick", "--depth", "50", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["measure"] for r in result["rows"]] == [
+        "backbone_optimize_for_inference",
+        "backbone_torchscript",
+        "backbone_onnxruntime",
+    ]
+    for row in result["rows"]:
+        assert row["outputs_checked"] is True and row["unit"] == "s"
+        assert row["baseline"] == "eager R-50 backbone (ours, as built)"
+        assert row["ratio"] == pytest.approx(row["baseline_value"] / row["ours_value"])
+    assert result["calibration_s"] > 0
