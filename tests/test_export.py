@@ -129,6 +129,28 @@ def test_a_model_that_cannot_be_scripted_says_why(tmp_path):
                         torch.randn(1, 3, 8, 8), name="toy")  # fmt: skip
 
 
+class _Scaled(torch.nn.Module):
+    def __init__(self, scale: float):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.conv(x) * self.scale}
+
+
+def test_non_finite_outputs_never_pass_the_check(tmp_path):
+    """NaN equals nothing: a NaN of the exported file fails the check, and a NaN of eager cannot
+    be checked against (both NaN would otherwise pass a 'difference <= bound' test)."""
+    x = torch.randn(1, 3, 8, 8)
+    nan_file = str(tmp_path / "nan.ts")
+    export_backbone(_Scaled(float("nan")).eval(), nan_file, "torchscript", x)
+    with pytest.raises(ExportError, match="feature out differs from eager by inf"):
+        backbone_parity(_Scaled(1.0).eval(), nan_file, "torchscript", x)
+    with pytest.raises(ExportError, match="out: eager PyTorch's output is not finite"):
+        backbone_parity(_Scaled(float("nan")).eval(), nan_file, "torchscript", x)
+
+
 def test_export_refuses_a_model_in_training_mode(tmp_path):
     backbone, x = _preset_backbone("R-18")
     with pytest.raises(ValueError, match="R-18 is in training mode"):
