@@ -32,9 +32,21 @@ def _preset_backbone(name):
     """Preset ``name``'s backbone with every feature, seeded random weights and random norm
     statistics (BN at its initial statistics is the identity: a skipped norm would pass), in eval
     mode; and a small input (32 px for the CIFAR networks, 64 px for the others)."""
+    from resnet_backbones.modeling.blocks import _ResidualBlock
+
     torch.manual_seed(0)
     backbone = build_clean_backbone(preset_config(name)).eval()
     randomize_norm_statistics(backbone)
+    # Each residual branch's closing norm scaled by 1/sqrt(blocks), as trained deep networks keep
+    # their branches small: at random scale, CIFAR-ResNet-1202's 600 additions overflow to inf,
+    # and a non-finite output cannot be compared.
+    # (Plain networks, without additions, are left as they are.)
+    blocks = [m for m in backbone.modules() if isinstance(m, _ResidualBlock) and m.has_shortcut]
+    for block in blocks:
+        norm = getattr(getattr(block, f"conv{block.last_conv}"), "norm", None)
+        if norm is not None:
+            with torch.no_grad():
+                norm.weight.mul_(len(blocks) ** -0.5)
     side = 32 if PRESETS[name].task == "classification" else 64
     return backbone, torch.randn(1, 3, side, side)
 
