@@ -68,6 +68,9 @@ setup(
         # COCO evaluation in C++ (resnet_backbones.coco_eval): the same AP table as pycocotools,
         # several times faster; its only dependency is numpy. 1.8 is the version tested.
         "fast-eval": ["faster-coco-eval>=1.8.0,<2"],
+        # ONNX export (resnet_backbones.export): onnx for torch's exporter, onnxruntime for the
+        # parity check. ml_dtypes < 0.6 keeps numpy 1.x (detectron2 v0.6 needs numpy < 2).
+        "export": ["onnx>=1.23,<2", "onnxruntime>=1.32,<2", "ml_dtypes<0.6"],
     },
     entry_points={
         "console_scripts": [

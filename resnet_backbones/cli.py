@@ -6,6 +6,7 @@
     resnet-backbones download NAME... [--cache DIR]
     resnet-backbones verify [--cache DIR] [--remove-corrupt]
     resnet-backbones convert --source S --arch A IN OUT
+    resnet-backbones export --config C --format torchscript|onnx --output F [--what W] [KEY VALUE ...]
 
 ``download`` fetches zoo weights (or a preset's default weights) into the cache, verified, for
 compute nodes without internet: copy the folder over and point ``RESNET_BACKBONES_WEIGHTS_CACHE``
@@ -313,6 +314,59 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# ------------------------------------------------------------------------------------------
+# export
+# ------------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    """Writes the backbone or the detector of a config to TorchScript or ONNX, then prints the
+    parity with eager PyTorch that it checked (resnet_backbones.export)."""
+    from .engine import load_config, use_cpu_if_no_cuda
+    from .export import export_model
+
+    misplaced = [opt for opt in args.opts if opt.startswith("--")]
+    if misplaced:
+        raise CommandError(
+            f"{misplaced[0]} comes after the KEY VALUE overrides; put the options first"
+        )
+    cfg = use_cpu_if_no_cuda(load_config(args.config, args.opts))
+    parity = export_model(
+        cfg, args.output, args.format, what=args.what, size=tuple(args.size), name=args.config
+    )
+    height, width = args.size
+    print(f"Wrote {args.output} ({args.what}, {args.format})")
+    print(f"Parity with eager PyTorch on a {height}x{width} input:")
+    print(parity.summary())
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``export`` (tools/export_model.py is this command)."""
+    from .export import EXPORT_FORMATS, EXPORT_TARGETS
+
+    parser.add_argument("--config", required=True, metavar="C", help="config file (or zoo name)")
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    parser.add_argument("--output", required=True, metavar="F", help="the file to write")
+    parser.add_argument(
+        "--what",
+        default="backbone",
+        choices=EXPORT_TARGETS,
+        help="the backbone (scripted; ONNX with dynamic sizes) or the whole detector (traced "
+        "through detectron2's TracingAdapter at --size); default: backbone",
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        default=(224, 224),
+        metavar=("H", "W"),
+        help="the sample input the parity is checked on (and a detector is traced at); "
+        "default: 224 224",
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides"
+    )
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """The learning curve of a run from its ``metrics.json``: a pretraining run's errors
     (``train_error`` in it) or a detection run's losses and AP."""
@@ -364,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a weights file for resnet_backbones")
     add_convert_arguments(p)
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("export", help="export a backbone or detector to TorchScript or ONNX")
+    add_export_arguments(p)
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("plot", help="draw a run's learning curve from its metrics.json")
     p.add_argument("metrics", metavar="METRICS", help="a run's OUTPUT_DIR or its metrics.json")

@@ -106,6 +106,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     # faster-coco-eval against pycocotools on a generated COCO-sized result set.
     Benchmark("coco_eval", "benchmark_coco_eval.py", (), ("--quick",)),
+    # Issue 14: the exported R-101 backbone at 800x1216 (TorchScript, ONNX Runtime) and eager with
+    # optimize_for_inference, against eager.
+    Benchmark("export", "benchmark_export.py", ("--repeats", "5"), ("--quick",)),
 )
 
 

@@ -46,6 +46,9 @@ class StagedBackbone(Backbone):
     ``stage_names``/``stages`` are the stages after it.
     """
 
+    # Python-only views of the chain; torch.jit.script leaves them out (see _forward_scripted).
+    __jit_unused_properties__ = ["stage_names", "stages"]
+
     def __init__(
         self,
         available: Sequence[str],
@@ -133,6 +136,8 @@ class StagedBackbone(Backbone):
         return [getattr(self, name) for name in self.stage_names]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if torch.jit.is_scripting():
+            return self._forward_scripted(x)
         if x.dim() != 4:
             raise ValueError(
                 f"{type(self).__name__} takes (N, C, H, W) inputs; got shape {tuple(x.shape)}"
@@ -145,6 +150,21 @@ class StagedBackbone(Backbone):
         stages = self._modules
         for name in self._chain:
             x = self._run_stage(name, stages[name], x)
+            if name in self._out_features:
+                outputs[name] = x
+        return outputs
+
+    def _forward_scripted(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`forward` for ``torch.jit.script``, which cannot look modules up by name: it
+        unrolls this loop over the children, which are the stages, in order (a scripted network
+        is for inference, so nothing is checkpointed)."""
+        if x.dim() != 4:
+            raise ValueError("the backbone takes (N, C, H, W) inputs")
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        outputs: dict[str, torch.Tensor] = {}
+        for name, stage in self.named_children():
+            x = stage(x)
             if name in self._out_features:
                 outputs[name] = x
         return outputs

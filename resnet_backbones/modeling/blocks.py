@@ -8,6 +8,8 @@ checkpoints load unchanged into the default network.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
@@ -154,19 +156,22 @@ class _ResidualBlock(CNNBlockBase):
             x_act = F.relu(x if self.norm1 is None else self.norm1(x))
         else:
             x_act = x
-        out = x_act
-        modules = self._modules
-        for i, (conv_name, norm_name, relu) in enumerate(self._branch, start=1):
-            if i > 1:
-                if norm_name is not None:
-                    pre_norm = modules[norm_name]
-                    if pre_norm is not None:
-                        out = pre_norm(out)
-                if relu:
-                    out = F.relu_(out)
-                if self.dropout:
-                    out = F.dropout(out, self.dropout, self.training)
-            out = self._conv(i, modules[conv_name], out)
+        if torch.jit.is_scripting():
+            out = self._branch_scripted(x_act)
+        else:
+            out = x_act
+            modules = self._modules
+            for i, (conv_name, norm_name, relu) in enumerate(self._branch, start=1):
+                if i > 1:
+                    if norm_name is not None:
+                        pre_norm = modules[norm_name]
+                        if pre_norm is not None:
+                            out = pre_norm(out)
+                    if relu:
+                        out = F.relu_(out)
+                    if self.dropout:
+                        out = F.dropout(out, self.dropout, self.training)
+                out = self._conv(i, modules[conv_name], out)
         if self.order == "relu_before_add":
             out = F.relu_(out)
         if self.se is not None:
@@ -186,6 +191,34 @@ class _ResidualBlock(CNNBlockBase):
             out = F.relu_(out)
         elif self.order == "bn_after_add":
             out = F.relu_(out if self.add_norm is None else self.add_norm(out))
+        return out
+
+    def _branch_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch of :meth:`forward` for ``torch.jit.script``, which cannot look
+        modules up by name (``_branch``): its two or three convs written out. ``hasattr`` and
+        ``is None`` on a submodule are decided while scripting, so each block compiles only its
+        own path (a pre-activation norm, folded or not; a deformable conv2; a conv3)."""
+        out = self.conv1(x)
+        if hasattr(self, "norm2"):
+            if self.norm2 is not None:
+                out = self.norm2(out)
+        out = F.relu_(out)
+        if self.dropout > 0:
+            out = F.dropout(out, self.dropout, self.training)
+        if hasattr(self, "conv2_offset"):
+            offset, mask = self._deform_offsets(out)
+            out = self.conv2(out, offset, mask)
+        else:
+            out = self.conv2(out)
+        if hasattr(self, "conv3"):
+            if hasattr(self, "norm3"):
+                if self.norm3 is not None:
+                    out = self.norm3(out)
+            if not self.conv2_activates:
+                out = F.relu_(out)
+            if self.dropout > 0:
+                out = F.dropout(out, self.dropout, self.training)
+            out = self.conv3(out)
         return out
 
 
@@ -280,13 +313,18 @@ class BottleneckBlock(_ResidualBlock):
     def _conv(self, i: int, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if i != 2 or not self.deformable:
             return conv(x)
-        offset = self.conv2_offset(x)
-        mask = None
-        if self.deform_modulated:
-            offset_x, offset_y, mask = torch.chunk(offset, 3, dim=1)
-            offset = torch.cat((offset_x, offset_y), dim=1)
-            mask = mask.sigmoid()
+        offset, mask = self._deform_offsets(x)
         return conv(x, offset, mask)
+
+    def _deform_offsets(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The offsets (and, for DCN v2, the mask) of the deformable conv2 on its input ``x``."""
+        offset = self.conv2_offset(x)
+        mask: Optional[torch.Tensor] = None
+        if self.deform_modulated:
+            offset_x, offset_y, mask_logits = torch.chunk(offset, 3, dim=1)
+            offset = torch.cat((offset_x, offset_y), dim=1)
+            mask = mask_logits.sigmoid()
+        return offset, mask
 
 
 BLOCK_CLASSES: dict[str, type[_ResidualBlock]] = {

@@ -59,7 +59,9 @@ class SqueezeExcite(nn.Module):
             kernel_size=1,
             bias=True,
             norm=get_norm(norm, reduced_channels),
-            activation=F.relu,
+            # A module, not F.relu: torch.jit.script cannot call a function held as an
+            # attribute (the same numbers, no parameters).
+            activation=nn.ReLU(),
         )
         self.fc2 = Conv2d(reduced_channels, channels, kernel_size=1, bias=True)
 
@@ -122,6 +124,13 @@ class AvgDownConv2d(Conv2d):
         x = F.avg_pool2d(
             x, self.pool_stride, self.pool_stride, ceil_mode=True, count_include_pad=False
         )
+        if torch.jit.is_scripting():
+            # TorchScript has no super(): detectron2's Conv2d.forward, which here has no bias and
+            # no activation.
+            x = F.conv2d(
+                x, self.weight, None, self.stride, self.padding, self.dilation, self.groups
+            )
+            return x if self.norm is None else self.norm(x)
         return super().forward(x)
 
 
@@ -198,9 +207,10 @@ class DeformConv2d(nn.Module):
             x,
             offset,
             self.weight,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
+            # Pairs: torch.jit.script checks the types of torchvision's signature.
+            stride=(self.stride, self.stride),
+            padding=(self.padding, self.padding),
+            dilation=(self.dilation, self.dilation),
             mask=mask,
         )
         return x if self.norm is None else self.norm(x)

@@ -187,9 +187,10 @@ def _conv_norm(
     norm: str,
     stride: int = 1,
     groups: int = 1,
-    activation=None,
+    activation: nn.Module | None = None,
 ) -> Conv2d:
-    """A bias-free conv with "same" padding, then norm (and ``activation``)."""
+    """A bias-free conv with "same" padding, then norm (and ``activation``, a module:
+    torch.jit.script cannot call a function held as an attribute)."""
     return Conv2d(
         in_channels,
         out_channels,
@@ -216,7 +217,7 @@ class ConvNormSiLU(CNNBlockBase):
             kernel_size=kernel_size,
             stride=stride,
             norm=norm,
-            activation=F.silu,
+            activation=nn.SiLU(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -251,7 +252,7 @@ class LinearBottleneck(CNNBlockBase):
         self.conv_expand = None
         if hidden_channels != in_channels:
             self.conv_expand = _conv_norm(
-                in_channels, hidden_channels, kernel_size=1, norm=norm, activation=F.silu
+                in_channels, hidden_channels, kernel_size=1, norm=norm, activation=nn.SiLU()
             )
         self.conv_dw = _conv_norm(
             hidden_channels,

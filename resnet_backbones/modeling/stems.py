@@ -30,6 +30,8 @@ class _Stem(CNNBlockBase):
     convs: tuple[tuple[int, int, int], ...]
     pool: bool
     default_out_channels: int = 64
+    # TorchScript reads class attributes only when they are constants.
+    __constants__ = ["pool"]
 
     def __init__(
         self,
@@ -73,16 +75,32 @@ class _Stem(CNNBlockBase):
         self._conv_names: tuple[str, ...] = tuple(f"conv{i}" for i in range(1, len(self.convs) + 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        modules = self._modules
-        for name in self._conv_names[:-1]:
-            x = F.relu_(modules[name](x))
-        x = modules[self._conv_names[-1]](x)
+        if torch.jit.is_scripting():
+            x = self._convs_scripted(x)
+        else:
+            modules = self._modules
+            for name in self._conv_names[:-1]:
+                x = F.relu_(modules[name](x))
+            x = modules[self._conv_names[-1]](x)
         if not self.preact:
             x = F.relu_(x)
         if self.pool:
             x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         if self.preact:
             x = F.relu_(x if self.norm is None else self.norm(x))
+        return x
+
+    def _convs_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """The convs of :meth:`forward` (a ReLU between two), for ``torch.jit.script``, which
+        cannot look modules up by name: it unrolls this loop over the children (the norm of a
+        pre-activation stem is one, and is skipped here)."""
+        first = True
+        for name, module in self.named_children():
+            if name.startswith("conv"):
+                if not first:
+                    x = F.relu_(x)
+                x = module(x)
+                first = False
         return x
 
 
