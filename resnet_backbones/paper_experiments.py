@@ -426,34 +426,23 @@ def _config_difference(old: str, new: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Reading the runs
 # --------------------------------------------------------------------------------------------
-def error_curves(metrics_json: str, max_iter: int) -> dict[str, list[float]]:
+def error_curves(metrics_json: str) -> dict[str, list[float]]:
     """From a pretraining run's ``metrics.json``: the iterations done at each evaluation, the test
-    error then (100 - top-1) and the training error logged with it (the top-1 error of the
-    augmented training batches, median of the 20-iteration logging window: the thin curves of the
-    ResNet paper's figures), in percent. detectron2 logs step ``k`` (0-based) as ``"iteration":
-    k`` and the final evaluation, after the last step, as ``max_iter``.
-    """
-    from .visualize import read_metrics
+    error then (:func:`resnet_backbones.visualize.evaluation_errors`) and the training error
+    logged with it (the top-1 error of the augmented training batches, median of the 20-iteration
+    logging window: the thin curves of the ResNet paper's figures), in percent."""
+    from .visualize import evaluation_errors, read_metrics
 
-    train: dict[int, float] = {}
-    test: dict[int, float] = {}
-    for r in read_metrics(metrics_json):
-        it = int(r["iteration"])
-        if "train_error" in r:
-            train[it + 1] = float(r["train_error"])
-        key = next((k for k in r if k.endswith("classification/top1")), None)
-        if key is not None:
-            test[it if it == max_iter else it + 1] = 100.0 - float(r[key])
-    iterations = sorted(test)
+    records = read_metrics(metrics_json)
+    train = {
+        int(r["iteration"]) + 1: float(r["train_error"]) for r in records if "train_error" in r
+    }
+    iterations, test = evaluation_errors(records)
     train_at = []
     for it in iterations:
         before = [k for k in train if k <= it]
         train_at.append(train[max(before)] if before else float("nan"))
-    return {
-        "iterations": iterations,
-        "train_error": train_at,
-        "test_error": [test[i] for i in iterations],
-    }
+    return {"iterations": iterations, "train_error": train_at, "test_error": test}
 
 
 def final_results(run_dir: str) -> dict[str, float]:
@@ -521,12 +510,7 @@ def test_error(model, batches: Sequence[list]) -> float:
 def run_degradation(exp: Experiment) -> dict[str, Any]:
     nets = networks("degradation", exp.depths)
     configs = exp.train(nets)
-    runs = {
-        n.name: error_curves(
-            os.path.join(exp.run_dir(n), "metrics.json"), configs[n.name].SOLVER.MAX_ITER
-        )
-        for n in nets
-    }
+    runs = {n.name: error_curves(os.path.join(exp.run_dir(n), "metrics.json")) for n in nets}
     return {"runs": runs}, configs
 
 
@@ -591,9 +575,7 @@ def run_block_orders(exp: Experiment) -> dict[str, Any]:
     configs = exp.train(nets)
     runs = {}
     for order, n in zip(ORDER_LABELS, nets):
-        curves = error_curves(
-            os.path.join(exp.run_dir(n), "metrics.json"), configs[n.name].SOLVER.MAX_ITER
-        )
+        curves = error_curves(os.path.join(exp.run_dir(n), "metrics.json"))
         runs[order] = {
             "network": n.name,
             "test_error": curves["test_error"][-1],
@@ -849,6 +831,14 @@ def _agree(ok: bool) -> str:
     return "**agrees**" if ok else "**does not agree**"
 
 
+def _lower(ours: float, other: float, tolerance: float = 0.02) -> str:
+    """The claim "ours is lower than other": agrees, does not agree, or neither where the two
+    are within ``tolerance`` (relative) of each other."""
+    if abs(ours - other) <= tolerance * abs(other):
+        return f"**no clear difference** (within {tolerance:.0%})"
+    return _agree(ours < other)
+
+
 def verdicts(experiment: str, data: dict) -> list[str]:
     """Where the miniature agrees with the paper's claim and where it does not, each claim
     checked on the numbers of ``data`` (one sentence each)."""
@@ -893,15 +883,15 @@ def verdicts(experiment: str, data: dict) -> list[str]:
             p, r = f"plain-{d}", f"resnet-{d}"
             if p in mean and r in mean:
                 out.append(f"Residual functions respond more weakly than plain layers at {d} "
-                           f"layers: mean std {_f(mean[r])} against {_f(mean[p])}: "
-                           f"{_agree(mean[r] < mean[p])}.")  # fmt: skip
+                           f"layers: mean std {_f(mean[r], 3)} against {_f(mean[p], 3)}: "
+                           f"{_lower(mean[r], mean[p])}.")  # fmt: skip
         res = sorted(
             (n for n in runs if n.startswith("resnet")), key=lambda n: int(n.split("-")[1])
         )
         if len(res) >= 2:
             out.append(f"The deeper ResNet has smaller responses ({res[-1]} mean std "
-                       f"{_f(mean[res[-1]])}, {res[0]} {_f(mean[res[0]])}): "
-                       f"{_agree(mean[res[-1]] < mean[res[0]])}.")  # fmt: skip
+                       f"{_f(mean[res[-1]], 3)}, {res[0]} {_f(mean[res[0]], 3)}): "
+                       f"{_lower(mean[res[-1]], mean[res[0]])}.")  # fmt: skip
         return out
     if experiment == "lesion":
         res = next((v for k, v in data.items() if k.startswith("resnet")), None)
@@ -971,7 +961,32 @@ SECTION_TITLES = {
 }
 
 
-def _describe(meta: dict) -> list[str]:
+# How to read each experiment's numbers (what is measured, and how our setup differs from the
+# paper's): facts of the method, true whatever the numbers come out as.
+NOTES = {
+    "degradation": "The training error is that of the augmented training batches (the median of "
+    "the 20-iteration logging window), as the paper's thin curves; the test error is the whole "
+    "test set at each evaluation. The paper trains 64k iterations on CIFAR-10.",
+    "responses": "The statistic: for each 3x3 conv (the stem's included), the standard deviation "
+    "of each channel of its response after its BN, over the test images and positions, averaged "
+    "over the channels (eval mode: the BN's running statistics). Such a channel's std is about "
+    "|gamma| times its batch std over its running std, and gamma starts at 1: a short schedule "
+    "leaves every layer near 1, and only long training (the paper's 64k iterations) lets the "
+    "residual functions' responses shrink below the plain layers'.",
+    "lesion": "A deleted residual block is replaced by its shortcut alone (the identity, or the "
+    "projection of a block that changes shape); a deleted plain layer (a 3x3 conv with its BN) by "
+    "the identity, where its input and output shapes agree (the two convs that change shape "
+    "cannot be deleted). k random blocks: mean and std over the draws. The intact network's "
+    "error is recomputed on the same test set.",
+    "block_orders": "All five orders use projection (option B) shortcuts where dimensions grow: "
+    "option A is not defined with full pre-activation. One run each; the paper's numbers are "
+    "ResNet-110 on CIFAR-10, where the orders differ by 0.1 to 1.8 points.",
+    "shortcuts": "One run each on shapes_cls (4 classes of 64x64 crops), tested on the centre "
+    "crop; the paper's numbers are 34-layer networks on ImageNet with 10-crop testing.",
+}
+
+
+def _describe(meta: dict, folder: str) -> list[str]:
     s = meta["solver"]
     steps = ", ".join(str(x) for x in s["steps"]) or "none"
     warmups = s["warmup_iters"]
@@ -989,7 +1004,7 @@ def _describe(meta: dict) -> list[str]:
         f"- **Schedule ({meta['schedule']}):** {s['iterations']} iterations of batch {s['batch']}, "
         f"LR {s['base_lr']} ({s['lr_scheduler']}, steps {steps}, {warmup}), evaluated every {s['eval_period']}; networks of {meta['depths']} layers.",
         f"- **Command:** `{meta['command']}` ({meta['date']}, {meta['device']}, "
-        f"{meta['cpus']} CPUs). Configs: `{os.path.dirname(next(iter(meta['configs'].values())))}/`.",
+        f"{meta['cpus']} CPUs). Configs: `{folder}/{os.path.dirname(next(iter(meta['configs'].values())))}/`.",
         f"- **Wall time:** {format_seconds(meta['wall_s'])} for this command"
         + (
             f" (training {format_seconds(sum(train))} of run time, summed over runs that "
@@ -1018,8 +1033,9 @@ def render_page(folder: str, page: str) -> str:
         data = read_json(os.path.join(folder, file))
         meta = data["meta"]
         lines += [f"## {SECTION_TITLES[experiment]}: {meta['dataset']}, {meta['schedule']}", ""]
-        lines += _describe(meta)
+        lines += _describe(meta, rel_folder)
         png = file[: -len(".json")] + ".png"
+        lines += [f"- **How to read it:** {NOTES[experiment]}"]
         lines += ["", f"![{experiment}]({rel_folder}/{png})", "", table(experiment, data), ""]
         lines += ["**Against the paper:**", ""]
         lines += [f"- {v}" for v in verdicts(experiment, data)]

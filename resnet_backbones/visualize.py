@@ -10,6 +10,7 @@ import numpy as np
 
 __all__ = [
     "draw_detections",
+    "evaluation_errors",
     "plot_classification_curve",
     "plot_learning_curve",
     "read_metrics",
@@ -76,6 +77,26 @@ def plot_learning_curve(metrics_json: str, out_png: str, title: str = "") -> str
     return out_png
 
 
+def evaluation_errors(
+    records: Sequence[dict], suffix: str = "classification/top1"
+) -> tuple[list[int], list[float]]:
+    """The evaluations of a pretraining run's ``metrics.json`` records: the iterations done when
+    each ran and its error, 100 minus the value of the key ``suffix`` (``"classification/top1"``
+    of one test set, ``"<name>/classification/top1"`` of several: the first one's; ``"ema/top1"``
+    for the EMA), in iteration order; where a resumed run evaluated an iteration again, the last
+    record wins. detectron2 logs an evaluation during training after step ``k`` (0-based) as
+    ``"iteration": k``, and the final one, after the last step, as ``max_iter``."""
+    last = max((r["iteration"] for r in records), default=0)
+    last = max([last] + [r["iteration"] + 1 for r in records if "train_error" in r])
+    found: dict[int, float] = {}
+    for r in records:
+        key = next((k for k in r if k == suffix or k.endswith("/" + suffix)), None)
+        if key is not None:
+            found[min(r["iteration"] + 1, last)] = 100.0 - r[key]
+    done = sorted(found)
+    return done, [found[i] for i in done]
+
+
 def plot_classification_curve(metrics_json: str, out_png: str, title: str = "") -> str:
     """Plots a pretraining run as the ResNet paper's Fig. 4 and 6: the training error (thin: the
     top-1 error of the augmented training batches, median of the logging window) and the
@@ -87,29 +108,15 @@ def plot_classification_curve(metrics_json: str, out_png: str, title: str = "") 
         raise ValueError(f"{metrics_json} has no pretraining records (no 'train_error')")
     from matplotlib.figure import Figure
 
-    def evaluations(suffix: str) -> tuple[list[int], list[float]]:
-        # "classification/top1" (one test set) or "<name>/classification/top1" (several: the
-        # first one's); "ema/top1" for the EMA.
-        xs, ys = [], []
-        for r in records:
-            key = next((k for k in r if k == suffix or k.endswith("/" + suffix)), None)
-            if key is not None:
-                # The final evaluation is logged at iteration max_iter, the others at the
-                # index of their iteration: both mean "after that many iterations".
-                xs.append(min(r["iteration"] + 1, last))
-                ys.append(100.0 - r[key])
-        return xs, ys
-
     fig = Figure(figsize=(7, 6))
     ax, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     iters = [r["iteration"] + 1 for r in train]
-    last = max(iters[-1], max(r["iteration"] for r in records))
     ax.plot(iters, [r["train_error"] for r in train], lw=1, color="tab:blue", label="train error")
     for suffix, style, label in (
         ("classification/top1", "o-", "validation error"),
         ("ema/top1", "s--", "validation error (EMA)"),
     ):
-        xs, ys = evaluations(suffix)
+        xs, ys = evaluation_errors(records, suffix)
         if xs:
             ax.plot(xs, ys, style, lw=2.5, color="tab:red", label=label, ms=4)
             ax.annotate(

@@ -68,17 +68,19 @@ def trained(tmp_path_factory):
 
 
 def test_error_curves_pair_each_evaluation_with_the_training_error_logged_with_it(tmp_path):
+    # detectron2's records of a 40-iteration run evaluated every 20: the evaluation after 20
+    # iterations on the line of iteration 19, the final one on a line of iteration 40; a resumed
+    # run's repeated evaluation replaces the first.
     lines = [{"iteration": 19, "train_error": 50.0}, {"iteration": 19, "classification/top1": 40.0},
-             {"iteration": 39, "train_error": 30.0}, {"iteration": 40, "classification/top1": 75.5},
-             {"iteration": 59, "train_error": 20.0}]  # fmt: skip
+             {"iteration": 19, "classification/top1": 41.0}, {"iteration": 29, "train_error": 35.0},
+             {"iteration": 39, "train_error": 30.0}, {"iteration": 40, "classification/top1": 75.5}]  # fmt: skip
     path = tmp_path / "metrics.json"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    curves = error_curves(str(path), 40)
-    # After 20 iterations, and the final evaluation after the 40th (logged as iteration 40).
+    curves = error_curves(str(path))
     assert curves == {
         "iterations": [20, 40],
         "train_error": [50.0, 30.0],
-        "test_error": [60.0, 24.5],
+        "test_error": [59.0, 24.5],
     }
 
 
