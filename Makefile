@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 QUICKSTART_CONFIG := configs/quickstart/faster_rcnn_R18_FPN_shapes.yaml
 QUICKSTART_OUT ?= output/quickstart
 
-.PHONY: install quickstart pretrain-quickstart test lint format benchmark benchmark-backbone benchmark-pretrain model-zoo clean
+.PHONY: install quickstart pretrain-quickstart experiments test lint format benchmark benchmark-backbone benchmark-pretrain model-zoo clean
 
 install: $(STAMP)
 
@@ -30,6 +30,13 @@ quickstart: install
 PRETRAIN_OUT ?= output/pretrain_quickstart
 pretrain-quickstart: install
 	$(PY) tools/pretrain_then_detect.py --seeds 0 --workdir $(PRETRAIN_OUT) --reuse-scratch $(QUICKSTART_OUT)
+
+# The papers' experiments (tools/paper_experiments.py) with --quick: the four CIFAR-network ones on
+# digits and the shortcut options on shapes_cls, then docs/EXPERIMENTS.md from their JSON files.
+# Resumable; the runs train under output/paper_runs.
+experiments: install
+	$(PY) tools/paper_experiments.py all --dataset digits --quick --output docs/experiments --workdir output/paper_runs
+	$(PY) tools/paper_experiments.py page --output docs/experiments --page docs/EXPERIMENTS.md
 
 # Tests run in TEST_WORKERS processes (pytest-xdist) of one thread each (tests/conftest.py): on
 # 2 cores, 2 single-threaded workers finish in two thirds of the time of one 2-thread process.
