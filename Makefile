@@ -45,7 +45,7 @@ TEST_WORKERS ?= 2
 test: install
 	$(PY) -m ruff check resnet_backbones tools tests
 	$(PY) -m ruff format --check resnet_backbones tools tests
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 lint: install
 	$(PY) -m ruff check resnet_backbones tools tests

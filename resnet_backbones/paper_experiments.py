@@ -139,6 +139,16 @@ DATASETS: dict[str, Dataset] = {
         "configs/quickstart/pretrain_R18_shapes_cls.yaml",
         ("MODEL.RESNETS.RES2_OUT_CHANNELS", 64),
     ),
+    # Your own ImageFolder folders (--folders TRAIN_ROOT TEST_ROOT, registered in each run by
+    # tools/pretrain_net.py's --dataset), with shapes_cls's recipe: 64x64 crops.
+    "folders": Dataset(
+        "folders",
+        "folders_train",
+        "folders_test",
+        "imagenet",
+        "configs/quickstart/pretrain_R18_shapes_cls.yaml",
+        ("MODEL.RESNETS.RES2_OUT_CHANNELS", 64),
+    ),
     "imagenet": Dataset(
         "imagenet",
         "imagenet_train",
@@ -200,7 +210,7 @@ def schedule(dataset: str, quick: bool, depth: int) -> list[Any]:
             out += ["SOLVER.WARMUP_METHOD", "constant", "SOLVER.WARMUP_FACTOR", 0.1,
                     "SOLVER.WARMUP_ITERS", 12]  # fmt: skip
         return out
-    if dataset == "shapes_cls":
+    if dataset in ("shapes_cls", "folders"):
         # configs/quickstart/pretrain_R18_shapes_cls.yaml's recipe (batch 64, LR 0.01, cosine);
         # the paper's schedule is not scalable to 2 CPU cores, so "paper" is twice as long.
         iters = 200 if quick else 600
@@ -341,11 +351,16 @@ class Experiment:
             write_text(path, text)
             if not finished:
                 iters = cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH
+                folders = []
+                for name, root in zip(
+                    (self.dataset.train, self.dataset.test), self.args.folders or ()
+                ):
+                    folders += ["--dataset", name, os.path.abspath(root)]
                 todo.append(
                     Run(
                         net.name,
                         [sys.executable, os.path.join(REPO, "tools/pretrain_net.py"), "--config",
-                         path, "--resume"],
+                         path, "--resume", *folders],
                         self.run_dir(net),
                         os.path.join(self.workdir, f"{net.name}.log"),
                         cost=net.depth * iters,
@@ -379,6 +394,7 @@ class Experiment:
                 "eval_period": int(first.TEST.EVAL_PERIOD),
             },
             "depths": self.depths,
+            "folders": [os.path.abspath(f) for f in self.args.folders or ()],
             "command": "python tools/paper_experiments.py " + " ".join(self.args.argv),
             "configs": {
                 n: os.path.relpath(self.config_path(Network(n, 0, ())), self.output)
@@ -1129,6 +1145,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="the scaled-down schedule (about 10 minutes per experiment on 2 CPU "
                         "cores on digits); default: the paper's")  # fmt: skip
+    parser.add_argument("--folders", nargs=2, metavar=("TRAIN_ROOT", "TEST_ROOT"),
+                        help="with --dataset folders: your ImageFolder folders (ROOT/<class>/"
+                        "<image>), for shortcuts")  # fmt: skip
     parser.add_argument("--depths", type=int, nargs="+",
                         help="the depths of the networks (default: the paper's, or --quick's)")  # fmt: skip
     parser.add_argument("--draws", type=int, default=5, help="lesion: random draws per k")
@@ -1156,6 +1175,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                 valid = [d for d, v in DATASETS.items() if v.kind == kind]
                 parser.error(f"experiment {name!r} runs on {' or '.join(valid)}, "
                              f"not --dataset {args.dataset}")  # fmt: skip
+        if (args.dataset == "folders") != bool(args.folders):
+            parser.error("--dataset folders and --folders TRAIN_ROOT TEST_ROOT go together")
         if args.quick and args.dataset == "imagenet":
             parser.error("--dataset imagenet has the paper's schedule only (no --quick)")
         # --depths: CIFAR depths (6n+2) for the CIFAR networks, ImageNet ones for shortcuts
@@ -1187,7 +1208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name in names:
             run_args = args
             if args.experiment == "all" and name == "shortcuts":
-                dataset = "imagenet" if args.dataset == "imagenet" else "shapes_cls"
+                dataset = args.dataset if args.dataset in ("imagenet", "folders") else "shapes_cls"
                 run_args = argparse.Namespace(**{**vars(args), "dataset": dataset, "depths": None})
             run_experiment(name, run_args)
     except (RunError, ValueError, FileNotFoundError) as e:

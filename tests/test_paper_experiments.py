@@ -26,12 +26,16 @@ from resnet_backbones.paper_experiments import (
 )
 from resnet_backbones.runs import REPO
 
+# One pytest-xdist worker runs them all (the Makefile's --dist loadgroup): the module's trained
+# networks are shared, not trained again in each worker.
+pytestmark = pytest.mark.xdist_group("paper_experiments")
+
 
 # Tiny runs: 4 iterations of 16 images, evaluated after 2 and 4.
 def tiny(iterations: int = 4) -> list[str]:
     # One run at a time: pytest's workers share the CPUs already.
     return ["--quick", "--jobs", "1", "--calibration-repeats", "0", "SOLVER.MAX_ITER", str(iterations),
-            "TEST.EVAL_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "16", "CLS.TEST_BATCH_SIZE", "128"]  # fmt: skip
+            "TEST.EVAL_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "16", "CLS.TEST_BATCH_SIZE", "128", "DATALOADER.NUM_WORKERS", "0"]  # fmt: skip
 
 
 def _json(folder, experiment, dataset="digits"):
@@ -123,7 +127,12 @@ def test_a_finished_run_with_another_config_is_refused(trained, capsys):
 def test_bad_command_lines_name_the_valid_values(capsys):
     with pytest.raises(SystemExit):
         pe.parse_args(["shortcuts", "--dataset", "digits"])
-    assert "runs on shapes_cls or imagenet, not --dataset digits" in capsys.readouterr().err
+    assert (
+        "runs on shapes_cls or folders or imagenet, not --dataset digits" in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        pe.parse_args(["shortcuts", "--dataset", "folders"])
+    assert "--folders TRAIN_ROOT TEST_ROOT go together" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         pe.parse_args(["degradation", "SEED"])
     assert "come in pairs" in capsys.readouterr().err
@@ -220,19 +229,50 @@ def test_block_orders_end_to_end(trained):
     assert heights == ours + [r["paper_error"] for r in data["runs"].values()]
 
 
-def test_shortcuts_end_to_end(tmp_path):
-    argv = ["shortcuts", "--dataset", "shapes_cls", "--output", str(tmp_path), *tiny(2)]
+def _image_folder(root, per_class):
+    """A tiny ImageFolder: 4 classes of 40x40 images, a bright square at a place of its own."""
+    for label in range(4):
+        (root / f"class{label}").mkdir(parents=True)
+        for i in range(per_class):
+            image = np.zeros((40, 40, 3), np.uint8)
+            y, x = divmod(label, 2)
+            image[y * 20 : y * 20 + 20, x * 20 : x * 20 + 20] = 200 + i
+            Image.fromarray(image).save(root / f"class{label}" / f"{i}.png")
+    return str(root)
+
+
+def test_shortcuts_end_to_end_on_your_own_folders(tmp_path):
+    train, test = _image_folder(tmp_path / "train", 6), _image_folder(tmp_path / "test", 3)
+    argv = ["shortcuts", "--dataset", "folders", "--folders", train, test,
+            "--output", str(tmp_path / "out"), *tiny(2)]  # fmt: skip
     assert main(argv) == 0
-    data, png = _json(tmp_path, "shortcuts", "shapes_cls")
+    out = tmp_path / "out"
+    data, png = _json(out, "shortcuts", "folders")
     assert list(data["runs"]) == ["plain", "A", "B", "C"]
+    assert data["meta"]["folders"] == [train, test]
     for kind, run in data["runs"].items():
-        config = (tmp_path / data["meta"]["configs"][run["network"]]).read_text()
+        config = (out / data["meta"]["configs"][run["network"]]).read_text()
         assert f"SHORTCUT: {'none' if kind == 'plain' else kind}" in config
         assert "DEPTH: 18" in config
         final = json.loads(
-            (tmp_path / f"runs/shapes_cls-quick/{run['network']}/eval_results.json").read_text()
+            (out / f"runs/folders-quick/{run['network']}/eval_results.json").read_text()
         )
+        assert final["num_images"] == 12
         assert run["top1_error"] == pytest.approx(100 - final["top1"])
     fig = _check_png_is_drawn_from_json("shortcuts", data, png)
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights[:4] == [r["top1_error"] for r in data["runs"].values()]
+
+
+def test_shortcuts_on_shapes_cls_and_imagenet_use_the_papers_depths(tmp_path):
+    """The shortcuts configs of the built-in datasets (trained end to end above on folders)."""
+    for dataset, quick, depth in (("shapes_cls", True, 18), ("shapes_cls", False, 34),
+                                  ("imagenet", False, 34)):  # fmt: skip
+        argv = ["shortcuts", "--dataset", dataset, "--output", str(tmp_path)]
+        exp = pe.Experiment("shortcuts", pe.parse_args(argv + (["--quick"] if quick else [])))
+        for net in pe.networks("shortcuts", exp.depths):
+            cfg = exp.config(net)
+            assert cfg.MODEL.RESNETS.DEPTH == depth
+            assert cfg.DATASETS.TRAIN == (f"{dataset}_train",)
+            assert cfg.DATASETS.TEST == (pe.DATASETS[dataset].test,)
+            assert cfg.MODEL.RESNETS.SHORTCUT == net.overrides[-1]
