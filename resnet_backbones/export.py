@@ -166,8 +166,18 @@ def build_for_export(cfg, what: str = "backbone") -> nn.Module:
     return model.backbone.eval()
 
 
-def _model_name(model: nn.Module, name: Optional[str]) -> str:
-    return name or type(model).__name__
+def _exportable(model: nn.Module, fmt: str, name: Optional[str]) -> str:
+    """How errors name ``model`` (``name``, default its class), once ``fmt`` is one of
+    :data:`EXPORT_FORMATS` and the model is in eval mode.
+
+    Raises:
+        ValueError: an unknown format, or a model in training mode.
+    """
+    check_choice("format", fmt, EXPORT_FORMATS)
+    name = name or type(model).__name__
+    if model.training:
+        raise ValueError(f"{name} is in training mode; export it in eval mode (model.eval())")
+    return name
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,10 +296,7 @@ def export_backbone(
     Raises:
         ExportError: the backbone cannot be exported to ``fmt``, naming the op.
     """
-    check_choice("format", fmt, EXPORT_FORMATS)
-    name = _model_name(backbone, name)
-    if backbone.training:
-        raise ValueError(f"{name} is in training mode; export it in eval mode (model.eval())")
+    name = _exportable(backbone, fmt, name)
     with _quiet():
         if fmt == "torchscript":
             try:
@@ -426,10 +433,7 @@ def export_detector(
     Raises:
         ExportError: the detector cannot be exported to ``fmt``, naming the op.
     """
-    check_choice("format", fmt, EXPORT_FORMATS)
-    name = _model_name(model, name)
-    if model.training:
-        raise ValueError(f"{name} is in training mode; export it in eval mode (model.eval())")
+    name = _exportable(model, fmt, name)
     adapter = tracing_adapter(model, inputs)
     with _quiet(), torch.no_grad():
         if fmt == "torchscript":

@@ -1101,14 +1101,22 @@ def write_page(folder: str, page: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
+def dataset_mismatch(experiment: str, dataset: str) -> Optional[str]:
+    """Why ``experiment`` cannot run on ``dataset`` (naming the datasets it runs on), or None."""
+    kind = EXPERIMENT_KIND[experiment]
+    if DATASETS[dataset].kind == kind:
+        return None
+    valid = [d for d, v in DATASETS.items() if v.kind == kind]
+    return f"experiment {experiment!r} runs on {' or '.join(valid)}, not --dataset {dataset}"
+
+
 def run_experiment(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Runs one experiment end to end: trains what it needs, analyses, writes the JSON and the
     PNG, prints the table. Returns the JSON record."""
     exp = Experiment(name, args)
-    kind = EXPERIMENT_KIND[name]
-    if exp.dataset.kind != kind:
-        valid = [d for d, v in DATASETS.items() if v.kind == kind]
-        raise ValueError(f"experiment {name!r} runs on {', '.join(valid)}, not {args.dataset!r}")
+    error = dataset_mismatch(name, args.dataset)
+    if error:
+        raise ValueError(error)
     print(f"== {name} on {args.dataset} ({exp.schedule_name} schedule), depths {exp.depths}",
           flush=True)  # fmt: skip
     started = time.time()
@@ -1170,11 +1178,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         for name in EXPERIMENTS if args.experiment == "all" else [args.experiment]:
             if args.experiment == "all" and name == "shortcuts":
                 continue
-            kind = EXPERIMENT_KIND[name]
-            if DATASETS[args.dataset].kind != kind:
-                valid = [d for d, v in DATASETS.items() if v.kind == kind]
-                parser.error(f"experiment {name!r} runs on {' or '.join(valid)}, "
-                             f"not --dataset {args.dataset}")  # fmt: skip
+            error = dataset_mismatch(name, args.dataset)
+            if error:
+                parser.error(error)
         if (args.dataset == "folders") != bool(args.folders):
             parser.error("--dataset folders and --folders TRAIN_ROOT TEST_ROOT go together")
         if args.quick and args.dataset == "imagenet":
