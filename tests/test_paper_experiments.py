@@ -276,3 +276,18 @@ def test_shortcuts_on_shapes_cls_and_imagenet_use_the_papers_depths(tmp_path):
             assert cfg.DATASETS.TRAIN == (f"{dataset}_train",)
             assert cfg.DATASETS.TEST == (pe.DATASETS[dataset].test,)
             assert cfg.MODEL.RESNETS.SHORTCUT == net.overrides[-1]
+
+
+def test_evaluation_cache_resumes_an_analysis_of_the_same_checkpoint_only(tmp_path):
+    (tmp_path / "model_final.json").write_text(json.dumps({"sha256": "aaa"}))
+    cache = pe.EvaluationCache(str(tmp_path), "lesion")
+    assert cache.get("res2.0", lambda: 12.5) == 12.5
+
+    def never():
+        raise AssertionError("a cached result was computed again")
+
+    # A new process (an interrupted analysis run again) reads it back instead of computing.
+    assert pe.EvaluationCache(str(tmp_path), "lesion").get("res2.0", never) == 12.5
+    # Another checkpoint in the same folder starts over.
+    (tmp_path / "model_final.json").write_text(json.dumps({"sha256": "bbb"}))
+    assert pe.EvaluationCache(str(tmp_path), "lesion").get("res2.0", lambda: 3.0) == 3.0
